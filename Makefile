@@ -1,0 +1,50 @@
+# k25mini: two commands on a fresh machine
+#   make speedrun   # the main job (K25_SCALE=cpu by default)
+#   make test       # ruff + pytest + nbval on every notebook at K25_SCALE=smoke
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.k25mini-installed
+# torch is installed first, pinned to a CPU-capable build. On Linux PyPI's default wheel is a
+# CUDA build; for a slim CPU wheel pass e.g.
+#   make test TORCH_PIP_FLAGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC      ?= torch==2.13.0
+TORCH_PIP_FLAGS ?=
+K25_SCALE ?= cpu
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+.PHONY: setup test lint pytest nbval speedrun lab notebooks clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -c "import torch, k25mini; print('k25mini ready: torch', torch.__version__)"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(wildcard k25mini kernels tests benchmarks tools)
+
+pytest: $(STAMP)
+	K25_SCALE=smoke $(BIN)/python -m pytest -q -n 2 --dist loadfile tests/
+
+nbval: $(STAMP)
+	# tests/conftest.py is loaded as a plugin so its notebook hooks (stderr not compared) apply here too
+	K25_SCALE=smoke MPLBACKEND=Agg PYTHONPATH=tests $(BIN)/python -m pytest -q -p conftest --nbval-lax \
+		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
+
+test: lint pytest nbval
+
+speedrun: $(STAMP)
+	K25_SCALE=$(K25_SCALE) $(BIN)/python -m k25mini.speedrun
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+notebooks: $(STAMP)
+	K25_SCALE=cpu $(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+
+clean:
+	rm -rf $(VENV) data/cache .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""`make speedrun`: run every chapter's main job that exists, at the current K25_SCALE, and report.
+
+Each stage is a function ``stage() -> dict[str, str]`` (report lines) named by a dotted path, so a
+chapter adds itself with one line in STAGES. A stage whose module does not exist yet is reported
+as "not built yet"; a stage that fails stops the run with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from k25mini.scale import current_scale, describe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (stage name, "module:function") in chapter order
+STAGES: list[tuple[str, str]] = [
+    ("00 configs and parameter counts", "k25mini.speedrun:stage_configs"),
+]
+
+
+def stage_configs() -> dict[str, str]:
+    from k25mini.config import PRESETS, count_params, kv_cache_bytes_per_token, preset
+
+    lines = {}
+    for name in PRESETS:
+        pc = count_params(preset(name))
+        lines[name] = f"total {pc.total / 1e9:10.4f} B   activated {pc.activated / 1e9:10.4f} B"
+    t = preset("k2").text
+    mla, mha = kv_cache_bytes_per_token(t, "mla"), kv_cache_bytes_per_token(t, "mha")
+    lines["k2 KV-cache/token"] = f"MLA {mla / 1024:.1f} KiB vs MHA {mha / 1024:.1f} KiB ({mha / mla:.1f}x smaller)"
+    return lines
+
+
+def _resolve(path: str):
+    mod_name, fn_name = path.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and mod_name.startswith(e.name):
+            return None
+        raise
+    return getattr(mod, fn_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    scale = current_scale()
+    print(f"k25mini speedrun - {describe()}\n", flush=True)
+    report: dict[str, dict] = {}
+    t_all = time.time()
+    for name, path in STAGES:
+        fn = _resolve(path)
+        if fn is None:
+            print(f"[skip] {name}: not built yet")
+            report[name] = {"status": "not built yet"}
+            continue
+        print(f"[run ] {name} ...", flush=True)
+        t0 = time.time()
+        try:
+            lines = fn()
+        except Exception as e:  # report which stage failed, keep earlier results
+            print(f"[FAIL] {name}: {type(e).__name__}: {e}")
+            report[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            _write(report, scale)
+            return 1
+        dt = time.time() - t0
+        report[name] = {"status": "ok", "seconds": round(dt, 2), "report": lines}
+        for k, v in lines.items():
+            print(f"       {k:>24}: {v}")
+        print(f"[ ok ] {name} ({dt:.1f} s)\n", flush=True)
+    path = _write(report, scale)
+    print(f"speedrun finished in {time.time() - t_all:.1f} s; report written to {path.relative_to(ROOT)}")
+    return 0
+
+
+def _write(report: dict, scale: str) -> Path:
+    out = ROOT / "results" / f"speedrun_{scale}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"scale": scale, "stages": report}, indent=2))
+    os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
