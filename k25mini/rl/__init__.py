@@ -1,0 +1,26 @@
+"""RL for k25mini: the K2.5 policy loss and its relatives (one registry), group baselines, the PARL reward.
+
+    from k25mini.rl import get_loss, group_advantages
+    adv = group_advantages(rewards, group_size=K)              # r − mean of the K samples (no std)
+    loss, stats = get_loss("kimi_k25")(logp, old_logp, adv, mask, alpha=0.5, beta=2.0, tau=0.01)
+"""
+
+from k25mini.rl.advantages import group_advantages, group_ids_from_size
+from k25mini.rl.losses import LOG_RATIO_CLAMP, LOSSES, get_loss, policy_loss, register_loss
+from k25mini.rl.parl import PARLConfig, PARLReward, anneal_weight, parl_reward, r_finish, r_parallel
+
+__all__ = [
+    "LOG_RATIO_CLAMP",
+    "LOSSES",
+    "PARLConfig",
+    "PARLReward",
+    "anneal_weight",
+    "get_loss",
+    "group_advantages",
+    "group_ids_from_size",
+    "parl_reward",
+    "policy_loss",
+    "r_finish",
+    "r_parallel",
+    "register_loss",
+]
