@@ -26,6 +26,10 @@ def _cuda_available() -> bool:
 
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # pytest-xdist runs 2 workers on the 2-core CI box: one intra-op thread each avoids oversubscription
+    import torch
+
+    torch.set_num_threads(1)
 
 sys.path.insert(0, os.path.dirname(__file__))  # so tests can `import seam`
 
