@@ -1,0 +1,328 @@
+"""Renderers (numpy + Pillow only): entity icons, multi-object scenes, OCR strips, bar charts, videos.
+
+Every renderer is a pure function of an explicit *spec* (a dict of plain ints/strings), so the spec
+is the image's identity: held-out splits hash the spec, and the same spec always gives the same
+bytes. ``sample_*_spec`` draw specs from a numpy Generator. Images are ``uint8 [H, W, 3]``; videos
+``uint8 [T, H, W, 3]``; H and W vary independently (non-square).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "DIRECTIONS",
+    "MIN_SIDE",
+    "render_icon",
+    "render_scene",
+    "render_text",
+    "render_chart",
+    "render_video",
+    "sample_icon_spec",
+    "sample_scene_spec",
+    "sample_text_spec",
+    "sample_chart_spec",
+    "sample_video_spec",
+    "boxes_to_tenths",
+]
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (30, 150, 50),
+    "blue": (35, 75, 215),
+    "yellow": (215, 175, 0),
+    "purple": (135, 50, 175),
+    "orange": (240, 120, 10),
+    "cyan": (0, 170, 190),
+    "black": (25, 25, 25),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon")
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# One patch of the largest toy vision preset (``small``: patch 14): anything smaller is not an image.
+MIN_SIDE = 14
+_FONT = ImageFont.load_default_imagefont()  # Pillow's built-in bitmap font: no FreeType, same bytes everywhere
+
+
+def _check_side(name: str, v: Any, lo: int = MIN_SIDE) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an int (pixels), got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo} px (one vision patch), got {v}")
+    return int(v)
+
+
+def _check_range(name: str, rng_: Any) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in rng_)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (min, max) pair of ints, got {rng_!r}") from None
+    if lo < MIN_SIDE or hi < lo:
+        raise ValueError(f"{name} must satisfy {MIN_SIDE} <= min <= max (one vision patch), got {rng_!r}")
+    return lo, hi
+
+
+def _colour(name: str) -> tuple[int, int, int]:
+    if name not in COLOURS:
+        raise ValueError(f"colour must be one of {sorted(COLOURS)}, got {name!r}")
+    return COLOURS[name]
+
+
+def _canvas(h: int, w: int, bg: list[int] | tuple[int, ...]) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    img = Image.new("RGB", (w, h), tuple(int(c) for c in bg))
+    return img, ImageDraw.Draw(img)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rgb: tuple) -> None:
+    """Draw ``shape`` filling roughly the square [cx-r, cx+r] x [cy-r, cy+r]."""
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=rgb, width=max(1, round(r / 3)))
+    elif shape == "square":
+        s = 0.85 * r
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=rgb)
+    elif shape == "cross":
+        t = 0.32 * r
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=rgb)
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=rgb)
+    else:
+        if shape == "triangle":
+            pts = [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+        elif shape == "diamond":
+            pts = [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+        elif shape == "hexagon":
+            pts = [(cx + r * math.cos(k * math.pi / 3), cy + r * math.sin(k * math.pi / 3)) for k in range(6)]
+        elif shape == "star":
+            pts = []
+            for k in range(10):
+                rad = r if k % 2 == 0 else 0.45 * r
+                a = -math.pi / 2 + k * math.pi / 5
+                pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+        else:
+            raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+        draw.polygon(pts, fill=rgb)
+
+
+def _bg(rng: np.random.Generator) -> list[int]:
+    return [int(x) for x in rng.integers(215, 251, size=3)]
+
+
+def _box(cx: int, cy: int, r: int, h: int, w: int) -> list[int]:
+    """Pixel box [x0, y0, x1, y1] of an object, clipped to the image."""
+    return [max(0, cx - r), max(0, cy - r), min(w, cx + r + 1), min(h, cy + r + 1)]
+
+
+def boxes_to_tenths(boxes: list[list[int]], h: int, w: int) -> list[list[int]]:
+    """Pixel boxes -> coarse boxes in tenths of the width/height (ints 0..10), the answer format."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        out.append([math.floor(10 * x0 / w), math.floor(10 * y0 / h), math.ceil(10 * x1 / w), math.ceil(10 * y1 / h)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- icons
+def sample_icon_spec(rng: np.random.Generator, colour: str, shape: str, side: tuple[int, int]) -> dict:
+    """Spec of one entity icon: its look plus size, position and background (the 'render')."""
+    lo, hi = _check_range("side", side)
+    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    m = min(h, w)
+    r = int(rng.integers(max(4, round(0.28 * m)), max(5, round(0.42 * m)) + 1))
+    r = min(r, (m - 2) // 2)
+    cx = int(rng.integers(r + 1, w - r)) if w - r > r + 1 else w // 2
+    cy = int(rng.integers(r + 1, h - r)) if h - r > r + 1 else h // 2
+    return {
+        "kind": "icon",
+        "colour": colour,
+        "shape": shape,
+        "h": h,
+        "w": w,
+        "cx": cx,
+        "cy": cy,
+        "r": r,
+        "bg": _bg(rng),
+    }
+
+
+def render_icon(spec: dict) -> tuple[np.ndarray, dict]:
+    """One object on a plain background -> (uint8 [H, W, 3], truth with its pixel box)."""
+    h, w = _check_side("height", spec["h"]), _check_side("width", spec["w"])
+    img, draw = _canvas(h, w, spec["bg"])
+    _draw_shape(draw, spec["shape"], spec["cx"], spec["cy"], spec["r"], _colour(spec["colour"]))
+    truth = {"colour": spec["colour"], "shape": spec["shape"], "box": _box(spec["cx"], spec["cy"], spec["r"], h, w)}
+    return np.array(img, dtype=np.uint8), truth
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+def sample_scene_spec(rng: np.random.Generator, looks: list[tuple[str, str]], side: tuple[int, int]) -> dict:
+    """Place ``looks`` (colour, shape) without overlap on a canvas of random size in ``side``."""
+    lo, hi = _check_range("side", side)
+    if len(looks) == 0:
+        raise ValueError("looks must hold at least one (colour, shape)")
+    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    m = min(h, w)
+    scale = 0.16 if len(looks) <= 3 else 0.12
+    for _ in range(50):  # shrink the objects until they fit
+        objs: list[list] = []
+        for colour, shape in looks:
+            r = max(3, int(round(rng.uniform(0.75, 1.0) * scale * m)))
+            for _try in range(60):
+                cx, cy = int(rng.integers(r + 1, w - r)), int(rng.integers(r + 1, h - r))
+                if all((cx - o[2]) ** 2 + (cy - o[3]) ** 2 > (r + o[4] + 2) ** 2 for o in objs):
+                    objs.append([colour, shape, cx, cy, r])
+                    break
+            else:
+                break
+        if len(objs) == len(looks):
+            return {"kind": "scene", "h": h, "w": w, "bg": _bg(rng), "objects": objs}
+        scale *= 0.9
+    raise ValueError(f"cannot place {len(looks)} objects in a {h}x{w} scene; lower max objects or raise side")
+
+
+def render_scene(spec: dict) -> tuple[np.ndarray, dict]:
+    """Several objects -> (uint8 [H, W, 3], truth: list of {colour, shape, box, cell})."""
+    h, w = _check_side("height", spec["h"]), _check_side("width", spec["w"])
+    img, draw = _canvas(h, w, spec["bg"])
+    objects = []
+    for colour, shape, cx, cy, r in spec["objects"]:
+        _draw_shape(draw, shape, cx, cy, r, _colour(colour))
+        cell = [min(2, 3 * cy // h), min(2, 3 * cx // w)]  # (row, col) in a 3x3 grid
+        objects.append({"colour": colour, "shape": shape, "box": _box(cx, cy, r, h, w), "cell": cell})
+    return np.array(img, dtype=np.uint8), {"objects": objects}
+
+
+# ---------------------------------------------------------------------------------------------- OCR
+def sample_text_spec(rng: np.random.Generator, text: str, max_zoom: int = 3) -> dict:
+    """A word/number strip: zoom 1..max_zoom of the bitmap font, margins, ink and paper colours."""
+    if not text or not text.isascii() or not text.isprintable():
+        raise ValueError(f"text must be a non-empty printable ASCII string, got {text!r}")
+    return {
+        "kind": "text",
+        "text": text,
+        "zoom": int(rng.integers(1, max_zoom + 1)),
+        "pad": [int(x) for x in rng.integers(2, 9, size=4)],  # top, right, bottom, left (px before zoom)
+        "ink": [int(x) for x in rng.integers(0, 90, size=3)],
+        "bg": _bg(rng),
+    }
+
+
+def render_text(spec: dict) -> tuple[np.ndarray, dict]:
+    """Rendered text strip (height ~ 11*zoom, width grows with the word) -> (uint8 [H, W, 3], truth)."""
+    text = spec["text"]
+    x0, y0, x1, y1 = _FONT.getbbox(text)
+    top, right, bottom, left = spec["pad"]
+    z = int(spec["zoom"])
+    if z < 1:
+        raise ValueError(f"zoom must be >= 1, got {z}")
+    # short strings (one digit) get extra right margin so the strip is at least one patch wide
+    w0 = max((x1 - x0) + left + right, -(-MIN_SIDE // z))
+    h0 = max(11 + top + bottom, -(-MIN_SIDE // z))
+    img, draw = _canvas(h0, w0, spec["bg"])
+    draw.text((left - x0, top), text, fill=tuple(spec["ink"]), font=_FONT)
+    arr = np.array(img, dtype=np.uint8)
+    arr = np.repeat(np.repeat(arr, z, axis=0), z, axis=1)  # nearest-neighbour zoom keeps glyphs crisp
+    _check_side("height", arr.shape[0])
+    _check_side("width", arr.shape[1])
+    return np.ascontiguousarray(arr), {"text": text}
+
+
+# ---------------------------------------------------------------------------------------------- charts
+def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list[int], side: tuple[int, int]) -> dict:
+    lo, hi = _check_range("side", side)
+    if len(colours) != len(values) or not values:
+        raise ValueError(f"colours and values must have the same non-zero length, got {len(colours)}, {len(values)}")
+    for v in values:
+        if not 0 <= int(v) <= 9:
+            raise ValueError(f"values must be ints in 0..9, got {values}")
+    lo = max(lo, 32)  # ten gridlines need room
+    h, w = int(rng.integers(lo, max(lo, hi) + 1)), int(rng.integers(lo, max(lo, hi) + 1))
+    return {
+        "kind": "chart",
+        "h": h,
+        "w": w,
+        "bg": _bg(rng),
+        "colours": list(colours),
+        "values": [int(v) for v in values],
+    }
+
+
+def render_chart(spec: dict) -> tuple[np.ndarray, dict]:
+    """Vertical bar chart on a 0..9 grid (one gridline per unit) -> (uint8 [H, W, 3], truth)."""
+    h, w = _check_side("height", spec["h"]), _check_side("width", spec["w"])
+    img, draw = _canvas(h, w, spec["bg"])
+    ml, mb, mt = 3, 3, 3
+    unit = (h - mb - mt) / 9.0
+    base = h - mb
+    for k in range(10):  # gridlines: the model can count them to read a value
+        y = round(base - k * unit)
+        draw.line([(ml, y), (w - 2, y)], fill=(170, 170, 170))
+    n = len(spec["values"])
+    slot = (w - ml - 2) / n
+    for i, (c, v) in enumerate(zip(spec["colours"], spec["values"])):
+        x0 = ml + i * slot + 0.2 * slot
+        x1 = ml + (i + 1) * slot - 0.2 * slot
+        if v > 0:
+            draw.rectangle([x0, round(base - v * unit), x1, base], fill=_colour(c))
+    return np.array(img, dtype=np.uint8), {
+        "bars": [{"colour": c, "value": v} for c, v in zip(spec["colours"], spec["values"])]
+    }
+
+
+# ---------------------------------------------------------------------------------------------- videos
+def sample_video_spec(
+    rng: np.random.Generator, colour: str, shape: str, direction: str, n_frames: int, side: tuple[int, int]
+) -> dict:
+    """One object moving in ``direction`` for ``n_frames`` frames (1..16); constant speed."""
+    lo, hi = _check_range("side", side)
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or not 1 <= n_frames <= 16:
+        raise ValueError(f"n_frames must be an int in 1..16, got {n_frames!r}")
+    if direction not in DIRECTIONS and direction != "still":
+        raise ValueError(f"direction must be one of {list(DIRECTIONS) + ['still']}, got {direction!r}")
+    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    m = min(h, w)
+    r = max(3, int(round(rng.uniform(0.12, 0.2) * m)))
+    dx, dy = DIRECTIONS.get(direction, (0, 0))
+    steps = max(1, n_frames - 1)
+    travel_room = (w if dx else h) - 2 * r - 4
+    # fast enough to see (up to a sixth of the frame per step), slow enough to stay inside
+    speed = int(max(1, min(travel_room // steps, max(2, m // 6)))) if direction != "still" else 0
+    travel = speed * steps if direction != "still" else 0
+    # start so that the whole path stays inside the frame
+    xs = (r + 2, w - r - 3) if dx == 0 else ((r + 2 + travel, w - r - 3) if dx < 0 else (r + 2, w - r - 3 - travel))
+    ys = (r + 2, h - r - 3) if dy == 0 else ((r + 2 + travel, h - r - 3) if dy < 0 else (r + 2, h - r - 3 - travel))
+    cx = int(rng.integers(xs[0], max(xs[0], xs[1]) + 1))
+    cy = int(rng.integers(ys[0], max(ys[0], ys[1]) + 1))
+    return {
+        "kind": "video",
+        "h": h,
+        "w": w,
+        "bg": _bg(rng),
+        "colour": colour,
+        "shape": shape,
+        "r": r,
+        "x": cx,
+        "y": cy,
+        "dx": dx * speed,
+        "dy": dy * speed,
+        "frames": int(n_frames),
+        "direction": direction,
+    }
+
+
+def render_video(spec: dict) -> tuple[np.ndarray, dict]:
+    """-> (uint8 [T, H, W, 3], truth with the object's centre in every frame)."""
+    h, w = _check_side("height", spec["h"]), _check_side("width", spec["w"])
+    frames, centres = [], []
+    for t in range(spec["frames"]):
+        cx, cy = spec["x"] + t * spec["dx"], spec["y"] + t * spec["dy"]
+        img, draw = _canvas(h, w, spec["bg"])
+        _draw_shape(draw, spec["shape"], cx, cy, spec["r"], _colour(spec["colour"]))
+        frames.append(np.array(img, dtype=np.uint8))
+        centres.append([int(cx), int(cy)])
+    truth = {"colour": spec["colour"], "shape": spec["shape"], "direction": spec["direction"], "centres": centres}
+    return np.stack(frames), truth
