@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+import linecache
 import symtable
 import types
 from pathlib import Path
@@ -44,9 +45,12 @@ def notebook_source(path: str | Path) -> str:
         # drop IPython magics / shell lines before parsing
         src = "\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!")))
         tree = ast.parse(src)
+        lines = src.splitlines(keepends=True)
         for node in tree.body:
             if isinstance(node, _KEEP) or _is_constant_assign(node):
-                kept.append(ast.get_source_segment(src, node) or ast.unparse(node))
+                # start at the first decorator so e.g. @triton.jit / @dataclass are kept
+                first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+                kept.append("".join(lines[first - 1 : node.end_lineno]).rstrip())
     return "\n\n".join(kept) + "\n"
 
 
@@ -76,8 +80,11 @@ def load_notebook_defs(path: str | Path, name: str | None = None) -> types.Modul
     """
     source = notebook_source(path)
     mod = types.ModuleType(name or f"nb_{Path(path).stem}")
-    mod.__file__ = str(path)
-    exec(compile(source, str(path), "exec"), mod.__dict__)
+    filename = f"<notebook {Path(path).name}>"
+    mod.__file__ = filename
+    # register the source so inspect.getsource works on the loaded defs (triton.jit and friends need it)
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    exec(compile(source, filename, "exec"), mod.__dict__)
     missing = unresolved_globals(source, mod.__dict__)
     if missing:
         raise AssertionError(f"{path}: definitions read undefined globals: {missing}")

@@ -1,0 +1,65 @@
+"""Standalone MoE expert kernels (torch + triton only; nothing here imports k25mini).
+
+The whole project uses one expert weight layout: ``w_gate_up [E, D, 2F]`` (columns [:F] gate,
+[F:] up) and ``w_down [E, F, D]``; expert e maps x [D] to (silu(x @ Wg) * (x @ Wu)) @ Wd.
+Three interchangeable paths share one signature ``f(x, w_gate_up, w_down, topk_ids, topk_weights)``:
+
+* ``moe_reference``      loop over experts (obviously correct; the tests' yardstick)
+* ``moe_grouped_torch``  sort by expert + ``F.grouped_mm`` (the fastest pure-PyTorch path on CPU)
+* ``moe_triton``         Triton forward and backward (CUDA, or CPU under TRITON_INTERPRET=1)
+
+The Triton pieces (``moe_align``, ``gate_up_swiglu``, ``down_proj``, ``combine`` and the backward
+kernels) are exported too, each beside its PyTorch reference, so notebook 03 can build them up.
+"""
+
+from ._validate import MoEShapes, check_moe_inputs
+from .grouped_torch import HAS_GROUPED_MM, grouped_mm_usable, moe_grouped_torch, sort_by_expert
+from .moe_triton import (
+    INTERPRET,
+    MoETritonFunction,
+    TileConfig,
+    combine,
+    combine_reference,
+    default_tiles,
+    down_backward_dh,
+    down_backward_dw,
+    down_proj,
+    down_proj_reference,
+    gate_up_backward_dw,
+    gate_up_backward_dx,
+    gate_up_swiglu,
+    gate_up_swiglu_reference,
+    moe_triton,
+)
+from .reference import moe_reference, swiglu_expert
+from .routing import RoutingMeta, max_blocks, moe_align, moe_align_reference
+
+__all__ = [
+    "HAS_GROUPED_MM",
+    "INTERPRET",
+    "MoEShapes",
+    "MoETritonFunction",
+    "RoutingMeta",
+    "TileConfig",
+    "check_moe_inputs",
+    "combine",
+    "combine_reference",
+    "default_tiles",
+    "down_backward_dh",
+    "down_backward_dw",
+    "down_proj",
+    "down_proj_reference",
+    "gate_up_backward_dw",
+    "gate_up_backward_dx",
+    "gate_up_swiglu",
+    "gate_up_swiglu_reference",
+    "grouped_mm_usable",
+    "max_blocks",
+    "moe_align",
+    "moe_align_reference",
+    "moe_grouped_torch",
+    "moe_reference",
+    "moe_triton",
+    "sort_by_expert",
+    "swiglu_expert",
+]
