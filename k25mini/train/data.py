@@ -1,0 +1,99 @@
+"""The trainer's data contract: a deterministic, resumable source of micro-batches.
+
+``train_data`` is one of
+
+1. **a callable** ``batch_at(index: int) -> batch``, where ``index = step * grad_accum + micro`` counts
+   micro-batches from 0. It must be a pure function of ``index`` (seed your generator from it), so a
+   resumed run gets exactly the batches the uninterrupted run would have got. Nothing is saved.
+2. **a stateful iterator**: an object with ``__next__()``, ``state_dict() -> dict`` and
+   ``load_state_dict(dict)``. The state must be JSON-serialisable (ints, floats, strings, lists, dicts);
+   it is saved in every checkpoint (per rank) and restored on resume.
+
+A batch is a tensor, or a dict / list / tuple nesting tensors and other values; the trainer moves its tensors
+to the device. With several data-parallel ranks and ``TrainConfig.shard_batch=True`` (the default) the source
+returns the *global* micro-batch and each rank keeps its contiguous slice of dim 0 (so a 2-rank run sees the
+same data as a 1-rank run); with ``shard_batch=False`` the source must return the rank's own batch itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["StatefulBatches", "BatchSource", "as_batch_source", "shard_batch", "to_device"]
+
+
+@runtime_checkable
+class StatefulBatches(Protocol):
+    """An iterator of batches whose position can be saved and restored (JSON state)."""
+
+    def __next__(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BatchSource:
+    """Uniform view of either contract: ``get(index)``, ``state_dict()``, ``load_state_dict()``."""
+
+    def __init__(self, data: Callable[[int], Any] | StatefulBatches) -> None:
+        self.stateful = all(hasattr(data, a) for a in ("__next__", "state_dict", "load_state_dict"))
+        if not self.stateful and not callable(data):
+            raise ValueError(
+                "train_data must be a callable batch_at(index) -> batch, or an iterator with state_dict() and "
+                f"load_state_dict() (see k25mini.train.data); got {type(data).__name__}"
+            )
+        self.data = data
+
+    def get(self, index: int) -> Any:
+        return next(self.data) if self.stateful else self.data(index)  # type: ignore[call-overload]
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.data.state_dict() if self.stateful else None  # type: ignore[union-attr]
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.stateful:
+            if state is None:
+                raise ValueError("checkpoint has no data state, but train_data is a stateful iterator")
+            self.data.load_state_dict(state)  # type: ignore[union-attr]
+
+
+def as_batch_source(data: Any) -> BatchSource:
+    return data if isinstance(data, BatchSource) else BatchSource(data)
+
+
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: _map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_map_tensors(v, fn) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_map_tensors(v, fn) for v in batch)
+    return batch
+
+
+def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
+    """Rank ``rank``'s contiguous 1/world_size slice of dim 0 of every tensor in ``batch`` (0-dim tensors kept)."""
+    if world_size == 1:
+        return batch
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:
+            return t
+        if t.shape[0] % world_size:
+            raise ValueError(f"batch dim 0 ({t.shape[0]}) must be divisible by world_size={world_size} "
+                             "to shard it (or set TrainConfig.shard_batch=False)")
+        n = t.shape[0] // world_size
+        return t[rank * n : (rank + 1) * n]
+
+    return _map_tensors(batch, cut)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in ``batch`` to ``device``."""
+    return _map_tensors(batch, lambda t: t.to(device, non_blocking=True))

@@ -1,0 +1,348 @@
+"""Checkpoints: bit-exact resume (AdamW, Muon, MuonClip), atomic writes, keep_last, bad paths, no pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import k25mini.train.checkpoint as ckpt_mod
+from k25mini.train import (
+    TrainConfig,
+    Trainer,
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    resolve_checkpoint,
+    restore_rng_state,
+)
+from k25mini.train.toy import TinyCharMLP, ToyStream, toy_batch_at, toy_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops on a shared 2-core box: OpenMP thread contention costs 10x; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+N_STEPS, CKPT_EVERY, KILL_AT = 10, 4, 6  # checkpoint at 4 and 8; the "kill" after step 6 loses steps 5-6
+
+
+def _cfg(out_dir, **kw) -> TrainConfig:
+    base = dict(steps=N_STEPS, lr=1e-2, warmup_steps=2, grad_accum=2, log_every=2, ckpt_every=CKPT_EVERY,
+                out_dir=str(out_dir), progress=False, seed=3, grad_clip=1.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _scramble_process_state() -> None:
+    """What a fresh process would have: different RNG states everywhere."""
+    torch.manual_seed(987654)
+    random.seed(12)
+    np.random.seed(34)
+
+
+def _run_straight(tmp_path, make_model, data, **kw):
+    torch.manual_seed(0)
+    model = make_model()
+    tr = Trainer(model, toy_loss, data(), _cfg(tmp_path / "straight", **kw))
+    tr.fit()
+    return model, tr
+
+
+def _run_killed_and_resumed(tmp_path, make_model, data, **kw):
+    torch.manual_seed(0)
+    model = make_model()
+    Trainer(model, toy_loss, data(), _cfg(tmp_path / "resumed", **kw)).fit(until=KILL_AT)
+    del model
+    _scramble_process_state()
+    model2 = make_model()  # different init: everything must come from the checkpoint
+    tr = Trainer(model2, toy_loss, data(), _cfg(tmp_path / "resumed", **kw))
+    assert tr.resume() is True
+    assert tr.step == CKPT_EVERY
+    tr.fit()
+    return model2, tr
+
+
+def _assert_bit_identical(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs after resume"
+
+
+def _train_losses(tr: Trainer) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in tr.history if r["split"] == "train"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_exact(tmp_path, optimizer):
+    a, tra = _run_straight(tmp_path, TinyCharMLP, lambda: toy_batch_at, optimizer=optimizer)
+    b, trb = _run_killed_and_resumed(tmp_path, TinyCharMLP, lambda: toy_batch_at, optimizer=optimizer)
+    _assert_bit_identical(a, b)
+    # the logged curve of the resumed run (metrics.jsonl, truncated at the resume point) is the straight one
+    assert _train_losses(tra) == _train_losses(trb)
+    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(2, N_STEPS + 1, 2))
+    # optimiser state too (e.g. AdamW moments / Muon momentum), not only the weights
+    sa, sb = tra.optimizer.state_dict()["state"], trb.optimizer.state_dict()["state"]
+    for i in sa:
+        for k, v in sa[i].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[i][k])), (i, k)
+
+
+def test_resume_restores_rng_dropout_matters(tmp_path):
+    """Control: without restoring the RNG state the resumed run differs, so the test above can fail."""
+    torch.manual_seed(0)
+    a = TinyCharMLP()
+    Trainer(a, toy_loss, toy_batch_at, _cfg(tmp_path / "s")).fit()
+    torch.manual_seed(0)
+    b = TinyCharMLP()
+    Trainer(b, toy_loss, toy_batch_at, _cfg(tmp_path / "r")).fit(until=KILL_AT)
+    tr = Trainer(b, toy_loss, toy_batch_at, _cfg(tmp_path / "r"))
+    real_restore = ckpt_mod.load_checkpoint
+
+    def load_without_rng(*args, **kw):
+        state, rank_state = real_restore(*args, **kw)
+        rank_state["rng"] = capture_rng_state()  # pretend the RNG was not saved
+        return state, rank_state
+
+    import k25mini.train.trainer as trainer_mod
+
+    orig = trainer_mod.load_checkpoint
+    trainer_mod.load_checkpoint = load_without_rng
+    try:
+        _scramble_process_state()
+        tr.resume()
+    finally:
+        trainer_mod.load_checkpoint = orig
+    tr.fit()
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_with_stateful_iterator(tmp_path):
+    a, _ = _run_straight(tmp_path, TinyCharMLP, lambda: ToyStream(seed=5))
+    b, trb = _run_killed_and_resumed(tmp_path, TinyCharMLP, lambda: ToyStream(seed=5))
+    _assert_bit_identical(a, b)
+    assert trb.source.data.pos == N_STEPS * 2  # grad_accum=2 micro-batches per step
+
+
+def test_resume_muonclip_k2_model(tmp_path):
+    """MuonClip (QK-Clip hook) + aux-loss-free MoE bias on a tiny K2 decoder: still bit-exact."""
+    decoder = pytest.importorskip("k25mini.model.decoder")
+    from k25mini.config import TextConfig
+
+    cfg = TextConfig(vocab_size=32, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                     num_hidden_layers=2, num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16,
+                     qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=4,
+                     num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                     max_position_embeddings=64)
+
+    def lm_batch(index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(index)
+        return {"input_ids": torch.randint(32, (2, 12), generator=g)}
+
+    def lm_loss(model, batch):
+        return model.loss(batch["input_ids"], labels=batch["input_ids"])
+
+    def make():
+        return decoder.K2ForCausalLM(cfg)
+
+    # tau small enough that QK-Clip actually fires during the run
+    kw = dict(optimizer="muonclip", qk_clip_tau=0.05, grad_accum=1, steps=6, ckpt_every=2)
+    torch.manual_seed(0)
+    a = make()
+    tra = Trainer(a, lm_loss, lm_batch, _cfg(tmp_path / "s", **kw))
+    tra.fit()
+    assert sum(h["clipped_heads"] for h in tra.optimizer.qk_clip.history) > 0
+    bias = [n for n, _ in a.named_buffers() if "e_score_correction_bias" in n]
+    assert bias and any(a.get_buffer(n).abs().sum() > 0 for n in bias)  # the MoE bias did move
+    torch.manual_seed(0)
+    b = make()
+    Trainer(b, lm_loss, lm_batch, _cfg(tmp_path / "r", **kw)).fit(until=3)
+    _scramble_process_state()
+    b = make()
+    trb = Trainer(b, lm_loss, lm_batch, _cfg(tmp_path / "r", **kw))
+    assert trb.load_checkpoint("latest") == 2
+    trb.fit()
+    _assert_bit_identical(a, b)
+
+
+# ----------------------------------------------------------------------------- atomicity
+def _quick_trainer(out_dir, **kw) -> Trainer:
+    torch.manual_seed(0)
+    return Trainer(TinyCharMLP(), toy_loss, toy_batch_at,
+                   _cfg(out_dir, steps=8, grad_accum=1, ckpt_every=2, save_final=False, **kw))
+
+
+@pytest.mark.parametrize("fail_on", ["model.safetensors", "optimizer.safetensors", "state.json"])
+def test_interrupted_write_keeps_latest(tmp_path, monkeypatch, fail_on):
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+    root = tmp_path / "checkpoints"
+    good = latest_checkpoint(root)
+    assert good is not None and good.name == "step_00000002"
+    real_json, real_tensors = ckpt_mod._write_json, ckpt_mod._write_tensors
+
+    def boom_json(path, obj):
+        if path.name == fail_on:
+            path.write_text('{"format": "trunc')  # a half-written file, then the "crash"
+            raise KeyboardInterrupt("killed mid-write")
+        real_json(path, obj)
+
+    def boom_tensors(path, tensors):
+        if path.name == fail_on:
+            path.write_bytes(b"\x00" * 7)
+            raise KeyboardInterrupt("killed mid-write")
+        real_tensors(path, tensors)
+
+    monkeypatch.setattr(ckpt_mod, "_write_json", boom_json)
+    monkeypatch.setattr(ckpt_mod, "_write_tensors", boom_tensors)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(until=4)
+    assert latest_checkpoint(root) == good
+    assert not (root / "step_00000004").exists()
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002"]
+    monkeypatch.undo()
+    fresh = _quick_trainer(tmp_path)
+    assert fresh.load_checkpoint("latest") == 2
+
+
+def test_hard_kill_debris_is_ignored_and_cleaned(tmp_path):
+    """A SIGKILL leaves a .tmp dir (no cleanup ran) and maybe a half-written pointer temp file."""
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+    root = tmp_path / "checkpoints"
+    debris = root / ".tmp-step_00000004"
+    debris.mkdir()
+    (debris / "model.safetensors").write_bytes(b"garbage")
+    (root / ".latest.tmp").write_text("step_00000004")
+    assert resolve_checkpoint(tmp_path).name == "step_00000002"
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002"]
+    tr.fit(until=4)
+    assert not debris.exists() and latest_checkpoint(root).name == "step_00000004"
+
+
+def test_keep_last_and_resave_same_step(tmp_path):
+    tr = _quick_trainer(tmp_path, keep_last=2)
+    tr.fit()
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000006", "step_00000008"]
+    before = (root / "step_00000008" / "model.safetensors").read_bytes()
+    tr.save_checkpoint()  # same step again: replaced atomically, still complete
+    assert (root / "step_00000008" / "model.safetensors").read_bytes() == before
+    assert latest_checkpoint(root).name == "step_00000008"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000006", "step_00000008"]
+
+
+# ----------------------------------------------------------------------------- bad paths / safety
+def test_bad_paths_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        resolve_checkpoint(missing)
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="file.txt"):
+        resolve_checkpoint(f)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        resolve_checkpoint(empty)
+    tr = _quick_trainer(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        tr.load_checkpoint(missing)
+    assert tr.resume() is False  # nothing saved yet: not an error
+    no_out = Trainer(TinyCharMLP(), toy_loss, toy_batch_at, TrainConfig(steps=2, progress=False))
+    with pytest.raises(ValueError, match="out_dir"):
+        no_out.load_checkpoint("latest")
+
+
+@pytest.mark.parametrize("damage", ["state_json", "model_file", "missing_optim", "pointer", "wrong_model"])
+def test_corrupt_checkpoints_raise_clearly(tmp_path, damage):
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+    ck = tmp_path / "checkpoints" / "step_00000002"
+    target: object = tr
+    if damage == "state_json":
+        (ck / "state.json").write_text("{not json")
+        err, needle = ValueError, "state.json"
+    elif damage == "model_file":
+        (ck / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+        err, needle = ValueError, "model.safetensors"
+    elif damage == "missing_optim":
+        (ck / "optimizer.safetensors").unlink()
+        err, needle = FileNotFoundError, "optimizer.safetensors"
+    elif damage == "pointer":
+        (tmp_path / "checkpoints" / "latest").write_text("step_00000099\n")
+        err, needle = ValueError, "step_00000099"
+    else:
+        target = Trainer(TinyCharMLP(hidden=8), toy_loss, toy_batch_at, _cfg(tmp_path, progress=False))
+        err, needle = ValueError, "step_00000002"
+    with pytest.raises(err, match=needle):
+        target.load_checkpoint("latest")
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+    ck = tmp_path / "checkpoints" / "step_00000002"
+    assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".json", ".safetensors", ".safetensors"]
+
+    def forbidden(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    fresh = _quick_trainer(tmp_path)
+    assert fresh.load_checkpoint(ck) == 2
+    m = TinyCharMLP()
+    load_weights(m, tmp_path)
+    _assert_bit_identical(m, tr.model)
+
+
+def test_tied_weights_roundtrip(tmp_path):
+    class Tied(TinyCharMLP):
+        def __init__(self):
+            super().__init__(dim=8, window=1, hidden=8)
+            self.head = torch.nn.Linear(8, 16, bias=False)
+            self.head.weight = self.embed.weight  # aliased tensors: safetensors needs private copies
+
+        def forward(self, x):
+            return self.head(self.embed(x[:, 0]))
+
+    torch.manual_seed(0)
+    tr = Trainer(Tied(), toy_loss, toy_batch_at, _cfg(tmp_path, steps=2, ckpt_every=1, grad_accum=1))
+    tr.fit()
+    m = Tied()
+    load_weights(m, tmp_path)
+    assert m.head.weight is m.embed.weight
+    assert torch.equal(m.embed.weight, tr.model.embed.weight)
+
+
+def test_rng_state_roundtrip_is_json():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.random()
+    np.random.randn()  # leaves a cached gaussian in NumPy's state
+    state = json.loads(json.dumps(capture_rng_state()))
+    want = (random.random(), np.random.randn(), torch.rand(3))
+    _scramble_process_state()
+    restore_rng_state(state)
+    got = (random.random(), np.random.randn(), torch.rand(3))
+    assert want[0] == got[0] and want[1] == got[1] and torch.equal(want[2], got[2])
+    with pytest.raises(ValueError, match="rng state"):
+        restore_rng_state({"python": {}})
