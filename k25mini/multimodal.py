@@ -26,7 +26,9 @@ from k25mini.vision import VisionTower, media_token_counts
 __all__ = ["K25ForConditionalGeneration", "scatter_media"]
 
 
-def scatter_media(embeds: torch.Tensor, input_ids: torch.Tensor, media_embeds: torch.Tensor, pad_id: int) -> torch.Tensor:
+def scatter_media(
+    embeds: torch.Tensor, input_ids: torch.Tensor, media_embeds: torch.Tensor, pad_id: int
+) -> torch.Tensor:
     """Put ``media_embeds [N, D]`` at the ``pad_id`` positions of ``input_ids [B, S]`` (row-major order).
 
     Returns a new ``[B, S, D]`` tensor; gradients flow to both the token and the media embeddings.

@@ -110,6 +110,6 @@ class QKClip:
         ])
         dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=self.group)
         out: list[torch.Tensor | None] = []
-        for part, (_, m) in zip(flat.split([m.num_heads for _, m in self.layers]), self.layers):
+        for part in flat.split([m.num_heads for _, m in self.layers]):
             out.append(None if bool(torch.isinf(part).all() and (part < 0).all()) else part)
         return out
