@@ -102,5 +102,5 @@ class K25ForConditionalGeneration(nn.Module):
     def moe_aux_loss(self) -> torch.Tensor:
         return self.language_model.moe_aux_loss()
 
-    def update_moe_bias(self) -> None:
-        self.language_model.update_moe_bias()
+    def update_moe_bias(self, group=None) -> None:
+        self.language_model.update_moe_bias(group)

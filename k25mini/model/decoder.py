@@ -191,9 +191,12 @@ class K2ForCausalLM(nn.Module):
         aux = moe_aux_loss(self)
         return aux if isinstance(aux, torch.Tensor) else torch.zeros(())
 
-    def update_moe_bias(self) -> None:
-        """Aux-loss-free bias update on every MoE layer (call after ``optimizer.step()``)."""
-        update_moe_biases(self)
+    def update_moe_bias(self, group=None) -> None:
+        """Aux-loss-free bias update on every MoE layer (call after ``optimizer.step()``).
+
+        Under data parallelism pass the process ``group`` so expert loads are summed across ranks and
+        every replica's selection bias stays identical (the trainer does this when it runs distributed)."""
+        update_moe_biases(self, group)
 
     def moe_load(self) -> torch.Tensor:
         """Tokens per expert in the last forward, [num_moe_layers, E] int64."""
