@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (stage name, "module:function") in chapter order
 STAGES: list[tuple[str, str]] = [
     ("00 configs and parameter counts", "k25mini.speedrun:stage_configs"),
+    ("00b toy world corpora and eval suites", "k25mini.speedrun:stage_world"),
 ]
 
 
@@ -35,6 +36,30 @@ def stage_configs() -> dict[str, str]:
     mla, mha = kv_cache_bytes_per_token(t, "mla"), kv_cache_bytes_per_token(t, "mha")
     lines["k2 KV-cache/token"] = f"MLA {mla / 1024:.1f} KiB vs MHA {mha / 1024:.1f} KiB ({mha / mla:.1f}x smaller)"
     return lines
+
+
+def stage_world(seed: int = 0) -> dict[str, str]:
+    """Build (or reuse from data/cache/) every training corpus and eval suite at the current scale."""
+    import datasets
+
+    from k25mini.data import build_corpus, eval_dataset
+    from k25mini.world import CORPORA, SUITES, chance_baseline
+
+    datasets.disable_progress_bars()
+    scale = current_scale()
+    t0 = time.time()
+    rows = media = 0
+    for name in CORPORA:
+        ds = build_corpus(name, seed, scale)
+        rows += len(ds)
+        media += sum(len(m) for m in ds["media"])
+    n_eval = {s: len(eval_dataset(s, seed, scale)) for s in SUITES}
+    return {
+        "training corpora": f"{len(CORPORA)} corpora, {rows:,} rows, {media:,} images/videos (seed {seed})",
+        "eval suites": ", ".join(f"{s} {n}" for s, n in n_eval.items()),
+        "chance baselines": ", ".join(f"{s} {chance_baseline(s):.3f}" for s in SUITES),
+        "time (build or cache hit)": f"{time.time() - t0:.1f} s",
+    }
 
 
 def _resolve(path: str):
