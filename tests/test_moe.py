@@ -302,3 +302,18 @@ def test_triton_backend_matches_torch_in_layer():
     y = m(x)
     m.set_backend("triton")
     torch.testing.assert_close(m(x), y, rtol=1e-5, atol=1e-4)
+
+
+def test_trained_layer_can_be_deep_copied():
+    import copy
+
+    from k25mini.config import nano
+    from k25mini.model.moe import MoELayer
+
+    layer = MoELayer(nano().text).train()
+    layer(torch.randn(2, 5, nano().text.hidden_size)).sum().backward()
+    assert layer.last_aux_loss.grad_fn is not None
+    twin = copy.deepcopy(layer)
+    assert twin.last_aux_loss.grad_fn is None
+    torch.testing.assert_close(twin.router.weight, layer.router.weight)
+    assert layer.last_aux_loss.grad_fn is not None  # the original keeps its graph

@@ -58,6 +58,12 @@ class MoELayer(nn.Module):
         self.last_aux_loss: torch.Tensor = torch.zeros(())
         self.last_load: torch.Tensor = torch.zeros(E, dtype=torch.long)
 
+    def __getstate__(self) -> dict:
+        # last_aux_loss is a graph node after a training forward; copy/deepcopy/pickle take a detached value
+        state = self.__dict__.copy()
+        state["last_aux_loss"] = self.last_aux_loss.detach()
+        return state
+
     @property
     def backend(self) -> str | None:
         return self.experts.backend
