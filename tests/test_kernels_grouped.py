@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import HAS_GROUPED_MM, grouped_mm_usable, moe_grouped_torch, moe_reference, sort_by_expert
+import kernels.grouped_torch as grouped_torch_mod
+from kernels import (
+    HAS_GROUPED_MM,
+    grouped_mm_supported,
+    grouped_mm_usable,
+    moe_grouped_torch,
+    moe_reference,
+    sort_by_expert,
+)
 
 FP32_TOL = {"atol": 1e-4, "rtol": 1e-4}
 NAMES = ("out", "dX", "dW_gate_up", "dW_down", "d_topk_weights")
@@ -94,3 +102,35 @@ def test_bad_inputs():
         moe_grouped_torch(x, w_gu, w_down, ids - 1, tw)
     with pytest.raises(ValueError, match="w_down"):
         moe_grouped_torch(x, w_gu, w_down.transpose(1, 2), ids, tw)
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="torch without F.grouped_mm")
+def test_grouped_mm_supported_checks_layout_not_just_sizes():
+    a, w = torch.randn(8, 16), torch.randn(3, 16, 8)
+    assert grouped_mm_supported(a, w)
+    assert not grouped_mm_supported(torch.randn(8, 17)[:, 1:], w)  # 16-float rows, but 68-byte stride, odd pointer
+    assert not grouped_mm_supported(a, w.transpose(1, 2).contiguous().transpose(1, 2))  # last stride != 1
+    assert not grouped_mm_supported(a, w.double())  # mixed dtypes
+    assert not grouped_mm_supported(a.double(), w.double())  # CPU grouped_mm has no float64
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="torch without F.grouped_mm")
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+def test_grouped_mm_probe_is_not_fooled_by_no_grad(monkeypatch, ctx):
+    """The fwd+bwd probe runs once per (device type, dtype); a first call from no_grad code must not cache False."""
+    monkeypatch.setattr(grouped_torch_mod, "_GMM_PROBE", {})
+    with ctx():
+        assert grouped_mm_usable(torch.float32, 16, 8)
+    assert grouped_torch_mod._GMM_PROBE == {("cpu", torch.float32): True}
+
+
+def test_misaligned_weights_fall_back_and_stay_correct():
+    """Weights that are 16-float wide but sliced out of a wider buffer (unaligned strides) take the per-expert loop."""
+    x, w_gu, w_down, ids, tw, grad = make_case(10, 2, 4, 16, 8, seed=3)
+    w_gu_view = torch.randn(4, 16, 17)[:, :, :16].copy_(w_gu)  # row stride 17 floats = 68 bytes
+    assert not grouped_mm_supported(x, w_gu_view)
+    with pytest.raises(ValueError, match="use_grouped_mm"):
+        moe_grouped_torch(x, w_gu_view, w_down, ids, tw, use_grouped_mm=True)
+    got = moe_grouped_torch(x, w_gu_view, w_down, ids, tw)
+    want = moe_reference(x.double(), w_gu.double(), w_down.double(), ids, tw.double())
+    torch.testing.assert_close(got.double(), want, **FP32_TOL)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import k25mini.model.experts as experts_mod
+import kernels.grouped_torch as grouped_torch_mod
 from k25mini.config import TextConfig, count_params, k2, nano
 from k25mini.model.experts import (
     GroupedExperts,
@@ -106,7 +107,8 @@ def test_backend_matches_eager_fp32(fn, T, D, Fh, E, K, mode):
 
 @pytest.mark.parametrize("T,D,Fh,E,K,mode", CASES[:3])
 def test_torch_backend_per_expert_fallback_matches_eager(monkeypatch, T, D, Fh, E, K, mode):
-    monkeypatch.setattr(experts_mod, "grouped_mm_supported", lambda *a: False)
+    # experts_torch is kernels.moe_grouped_torch, which decides grouped_mm vs the per-expert loop here
+    monkeypatch.setattr(grouped_torch_mod, "grouped_mm_usable", lambda *a: False)
     x, wgu, wd, ids, w = make_case(T, D, Fh, E, K, mode)
     up = torch.randn(T, D)
     y_ref, g_ref = _run(experts_eager, x, wgu, wd, ids, w, up)

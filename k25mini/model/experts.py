@@ -10,9 +10,11 @@ with ``w_gate_up`` [E, D, 2F] (columns [:F] gate, [F:] up) and ``w_down`` [E, F,
 Backends (``backend=``):
 
 * ``eager``: the reference, a Mixtral-style loop over experts with a boolean mask per expert.
-* ``torch``: sort the T*K (token, expert) pairs by expert, gather rows once, run two grouped GEMMs
-  (``torch.nn.functional.grouped_mm`` where it runs: float32/bf16/fp16 with 16-byte aligned rows; otherwise one
-  matmul per expert on contiguous slices), un-sort and mix the K results per token with one batched matmul.
+* ``torch``: ``kernels.moe_grouped_torch`` (kernels/grouped_torch.py holds the one implementation): sort the T*K
+  (token, expert) pairs by expert, gather rows once, run two grouped GEMMs (``torch.nn.functional.grouped_mm``
+  where it runs: float32/bf16/fp16 with 16-byte aligned rows and strides; otherwise one matmul per expert on
+  contiguous slices), un-sort with a gather and sum the K results per token. ``grouped_mm_supported`` is
+  re-exported from there.
 * ``triton``: ``kernels.moe_triton`` (gather fused into the load, SwiGLU fused into the gate/up GEMM).
 
 ``None`` / ``"auto"`` picks ``triton`` for CUDA tensors and ``torch`` otherwise, at call time.
@@ -28,6 +30,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.grouped_torch import grouped_mm_supported, moe_grouped_torch
 
 __all__ = [
     "BACKENDS",
@@ -85,106 +89,16 @@ def experts_eager(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# torch backend
-# ----------------------------------------------------------------------------------------------------------------
-_GMM_PROBE: dict[tuple[str, torch.dtype], bool] = {}
-
-
-def _grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether F.grouped_mm (fwd+bwd) exists and runs for this device type and dtype (probed once)."""
-    key = (device.type, dtype)
-    if key not in _GMM_PROBE:
-        ok = hasattr(F, "grouped_mm")
-        if ok:
-            try:
-                a = torch.zeros(4, 8, device=device, dtype=dtype, requires_grad=True)
-                b = torch.zeros(2, 8, 8, device=device, dtype=dtype, requires_grad=True)
-                offs = torch.tensor([2, 4], device=device, dtype=torch.int32)
-                y = F.grouped_mm(a, b, offs=offs)
-                y.backward(torch.ones_like(y))
-            except (RuntimeError, NotImplementedError, TypeError, ValueError):
-                ok = False
-        _GMM_PROBE[key] = ok
-    return _GMM_PROBE[key]
-
-
-def grouped_mm_supported(a: torch.Tensor, *bs: torch.Tensor) -> bool:
-    """True if ``F.grouped_mm(a, b, offs=...)`` can run for each b: dtype, device and 16-byte alignment."""
-    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16) or any(b.dtype != a.dtype for b in bs):
-        return False
-    es = a.element_size()
-    for t in (a, *bs):
-        # every stride but the unit one, and the base pointer, must be 16-byte aligned
-        if any(s != 1 and (s * es) % 16 for s in t.stride()) or t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-    if (a.shape[-1] * es) % 16 or any((b.shape[-1] * es) % 16 for b in bs):
-        return False
-    return _grouped_mm_runs(a.device, a.dtype)
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects
-    broadcast (stride-0) or transposed grads, e.g. the one that ``y.sum().backward()`` produces."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return g.contiguous()
-
-
-def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    return _ContiguousGrad.apply(F.grouped_mm(a, b, offs=offs))
-
-
-def _per_expert_mm(rows: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, counts: torch.Tensor,
-                   ws: torch.Tensor) -> torch.Tensor:
-    """Fallback when grouped_mm cannot run: one matmul pair per non-empty expert on contiguous row slices."""
-    Fh = w_down.shape[1]
-    outs = []
-    # unbind (not w[e]) so backward stacks E slice grads once instead of E full-size zero tensors
-    split = counts.tolist()
-    for r, s, wg, wd in zip(rows.split(split), ws.split(split), w_gate_up.unbind(0), w_down.unbind(0)):
-        if r.shape[0]:
-            h = r @ wg
-            outs.append((F.silu(h[:, :Fh]) * h[:, Fh:] * s) @ wd)
-    if not outs:
-        return rows.new_zeros(0, w_down.shape[2])
-    return torch.cat(outs)
-
-
 def experts_torch(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_ids: torch.Tensor,
                   topk_weights: torch.Tensor) -> torch.Tensor:
-    """Sort by expert + grouped GEMMs (see module docstring). Returns [T, D]."""
+    """Sort by expert + grouped GEMMs: ``kernels.moe_grouped_torch`` (see module docstring). Returns [T, D]."""
     _check_inputs(x, w_gate_up, w_down, topk_ids, topk_weights)
-    T, D = x.shape
-    K = topk_ids.shape[1]
-    E, Fh = w_down.shape[0], w_down.shape[1]
-    flat = topk_ids.reshape(-1).long()
-    order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
-    counts = torch.bincount(flat, minlength=E)
-    rows = x.index_select(0, order // K)  # [T*K, D], contiguous and freshly allocated (aligned)
-    # the routing weight scales the SwiGLU activation (F wide) rather than the output (D wide): same result since
-    # the down projection is linear, fewer multiplies, and no batched tiny matmul to mix the K slots
-    ws = topk_weights.reshape(-1).index_select(0, order).to(x.dtype).unsqueeze(-1)
-    if grouped_mm_supported(rows, w_gate_up, w_down):
-        offs = counts.cumsum(0).to(torch.int32)
-        h = _gmm(rows, w_gate_up, offs)
-        y = _gmm(F.silu(h[:, :Fh]) * h[:, Fh:] * ws, w_down, offs)
-    else:
-        y = _per_expert_mm(rows, w_gate_up, w_down, counts, ws)
-    # un-sort with a gather (deterministic, unlike a scatter-add), then add up the K slots of each token
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=order.device)
-    return y.index_select(0, inv).view(T, K, D).sum(1)
+    return moe_grouped_torch(x, w_gate_up, w_down, topk_ids.long(), topk_weights)
 
 
 def experts_triton(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_ids: torch.Tensor,
                    topk_weights: torch.Tensor) -> torch.Tensor:
-    """``kernels.moe_triton`` (imported lazily: kernels/ is an optional, standalone package). Returns [T, D]."""
+    """``kernels.moe_triton`` (imported lazily: it needs triton, a Linux-only dependency). Returns [T, D]."""
     _check_inputs(x, w_gate_up, w_down, topk_ids, topk_weights)
     fn = _load_moe_triton()
     if fn is None:
