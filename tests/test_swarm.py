@@ -162,3 +162,70 @@ def test_rl_deterministic_by_seed_and_anneal_reaches_zero(world, tasks):
     for (k, a), b in zip(o1.state_dict().items(), o2.state_dict().values()):
         assert torch.equal(a, b), k
     assert h1[0]["lambda1"] == 0.5 and h1[1]["lambda1"] == 0.0 and h1[1]["lambda2"] == 0.0
+
+
+# ------------------------------------------------------------------------------------- acceptance logic
+
+_METRICS = ("item_f1", "success", "critical_steps", "total_steps", "wall_clock", "avg_parallel", "unfinished",
+            "cutoff", "finished", "n_assigned")
+
+
+def _agg(f1: float, cs: float, par: float = 0.0, unf: float = 0.0, finished: float = 1.0) -> dict[str, float]:
+    row = dict.fromkeys(_METRICS, 0.0)
+    row.update(item_f1=f1, critical_steps=cs, total_steps=cs, wall_clock=cs, avg_parallel=par, unfinished=unf,
+               n_assigned=par, finished=finished, cutoff=1.0 - finished)
+    return {"wide": row, "deep": dict(row)}
+
+
+def _fake_seed(single_finished: float, single_cs: float, swarm_par: list[float], swarm_f1: float = 0.8,
+               single_f1: float = 0.7) -> dict:
+    hist = [dict(_agg(swarm_f1, 10.0, p)["wide"], iteration=float(i)) for i, p in enumerate(swarm_par)]
+    var = {v: {"history": hist, "eval": _agg(swarm_f1, 10.0, swarm_par[-1], unf=0.5)} for v in
+           ("full", "no_r_parallel", "no_r_finish", "no_anneal")}
+    var["no_r_parallel"] = {"history": [dict(h, avg_parallel=0.0) for h in hist], "eval": _agg(0.6, 10.0, 0.0)}
+    var["no_r_finish"] = {"history": hist, "eval": _agg(0.6, 10.0, 6.0, unf=2.0)}
+    return {"single_unbounded": _agg(single_f1, single_cs, finished=single_finished), "single": _agg(0.5, 10.0),
+            "swarm_warm": _agg(0.6, 10.0), "variants": var}
+
+
+def test_ratio_against_single_agent_that_never_finishes_is_not_a_pass():
+    from k25mini.swarm.experiments import summarize
+
+    # the single agent runs to its 40-step limit without answering: the 4x "speed-up" must not count
+    bad = summarize({str(s): _fake_seed(0.0, 40.0, [0.0] * 6) for s in range(3)})
+    assert bad["critical_steps_ratio"]["mean"] == pytest.approx(4.0)
+    assert bad["acceptance"]["critical_steps_ratio_ge_3"] is False
+    assert bad["acceptance"]["single_agent_finishes"] is False
+    assert bad["acceptance"]["parallelism_rises_during_rl_every_seed"] is False
+    assert bad["acceptance"]["swarm_parallelises_every_seed"] is False
+    assert not any(c["ratio_counts"] for c in bad["per_seed"].values())
+    good = summarize({str(s): _fake_seed(1.0, 31.0, [0.5, 1.0, 1.5, 4.0, 5.0, 6.0]) for s in range(3)})
+    acc = good["acceptance"]
+    assert acc["critical_steps_ratio_ge_3"] and acc["single_agent_finishes"]
+    assert acc["parallelism_rises_during_rl_every_seed"] and acc["swarm_parallelises_every_seed"]
+    assert acc["no_r_parallel_lower_parallelism"] and acc["no_r_finish_more_unfinished"]
+    # equal ratio but the swarm is less accurate than the single agent: no pass
+    worse = summarize({str(s): _fake_seed(1.0, 31.0, [1.0] * 6, swarm_f1=0.6) for s in range(3)})
+    assert worse["acceptance"]["critical_steps_ratio_ge_3"] is False
+
+
+def test_report_section_from_results_dir(tmp_path):
+    import json
+
+    from k25mini.swarm.experiments import PAPER, summarize
+    from k25mini.swarm.report import markdown_section
+
+    assert "No `results/swarm_*.json`" in markdown_section(tmp_path)
+    per_seed = {str(s): _fake_seed(0.0, 40.0, [0.0] * 6) for s in range(3)}
+    res = {"config": {"scale": "cpu"}, "seeds": [0, 1, 2], "per_seed": per_seed, "summary": summarize(per_seed),
+           "paper": PAPER}
+    (tmp_path / "swarm_smoke.json").write_text(json.dumps(dict(res, config={"scale": "smoke"})))
+    assert "scale `smoke`" in markdown_section(tmp_path) and "plumbing check" in markdown_section(tmp_path)
+    (tmp_path / "swarm_cpu.json").write_text(json.dumps(res))
+    assert "scale `smoke`" not in markdown_section(tmp_path)  # smoke is shown only when it is all there is
+    (tmp_path / "swarm_attempts.json").write_text(json.dumps({"attempts": [
+        {"change": "baseline", "scale": "cpu", "seeds": [0], "single": "x", "swarm": "y", "parallel_curve": "z",
+         "verdict": "failed"}]}))
+    md = markdown_section(tmp_path)
+    assert md.startswith("## Chapter 08") and "### Agent Swarm / PARL" in md and "scale `cpu`" in md
+    assert "critical_steps_ratio_ge_3 = False" in md and "| 1 | baseline |" in md

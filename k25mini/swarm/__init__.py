@@ -9,6 +9,7 @@
 * ``env``: runtimes for a single agent and a swarm, batched episodes, metrics.
 * ``train``: SFT on scripted traces, PARL RL with the K2.5 loss (orchestrator tokens only).
 * ``experiments``: single vs swarm, ablations, training curves, F1 vs critical-steps budget.
+* ``report``: ``markdown_section()``, the chapter-08 section of docs/reproduction.md from ``results/swarm_*.json``.
 """
 
 from k25mini.swarm.codec import SwarmState, compact_text, expand_calls, observe, parse_compact, render_prompt

@@ -89,6 +89,7 @@ def episode_metrics(ep: Episode, task: SwarmTask) -> dict[str, float]:
         "avg_parallel": float(ep.avg_parallel),
         "max_parallel": float(ep.max_parallel),
         "cutoff": float(ep.cutoff is not None),
+        "finished": float(ep.finished),
         "n_rows": float(task.n_rows),
     }
 

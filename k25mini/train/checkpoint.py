@@ -335,7 +335,14 @@ def load_checkpoint(
             raise ValueError(f"checkpoint {str(ckpt)!r} has no optimizer state")
         tensors = _read_tensors(ckpt / OPTIM_FILE)
         osd = _join_optimizer_state(tensors, state["optimizer"], optimizer)
-        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+        # strict=False: parameters that never received a gradient before the checkpoint (e.g. a vision tower
+        # whose data enters later in training) legitimately have no optimizer state yet
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True, strict=False))
+        # torch materialises state for *every* parameter while loading (a zero-grad step); drop it again for the
+        # parameters that had none, or their first real step would count as the second (Adam bias correction)
+        for name, p in model.named_parameters():
+            if name not in osd["state"]:
+                optimizer.state.pop(p, None)
     rank_path = ckpt / _rank_file(D.rank())
     rank_state = _read_json(rank_path) if rank_path.is_file() else None
     return state, rank_state

@@ -1,0 +1,487 @@
+"""The Table 1 experiment in miniature: text stage -> ViT stage -> joint pre-training per fusion schedule.
+
+Stages (paper Table 3, shrunk):
+
+* **A, text** - the K2 backbone pre-trained on the text corpora only (the "near-end K2 checkpoint").
+* **B, ViT** - the vision tower + projector trained with a caption loss (next-token loss on the text of
+  caption-style image-text documents) while the language model is frozen.
+* **joint** - from B, everything trained on a fixed token budget mixed by a
+  :class:`~k25mini.pretrain.schedule.FusionSchedule` (early / mid / late, identical totals).
+
+A and B are trained once per scale and shared by every schedule and seed; a run's seed changes the data
+order of the joint stage. Every stage goes through :class:`k25mini.train.Trainer` (checkpoints, JSONL
+metrics, bit-exact resume), and its packed batches are computed up front so ``batch_at(i)`` is a pure
+function of the step. Each finished run writes ``results/fusion_ablation/<scale>/<schedule>-s<seed>.json``;
+:func:`aggregate` joins them into ``results/fusion_ablation.json`` (``_<scale>`` suffix off the cpu scale).
+
+    python -m k25mini.pretrain.fusion                 # the whole ablation at K25_SCALE
+    python -m k25mini.pretrain.fusion --runs early:0 mid:1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from k25mini.config import preset
+from k25mini.data.tokenizer import Tokenizer
+from k25mini.multimodal import K25ForConditionalGeneration
+from k25mini.pretrain.docs import doc_stream
+from k25mini.pretrain.evaluate import evaluate_items, teacher_forced_exact
+from k25mini.pretrain.packing import IGNORE, MixedPacker, PackedStep
+from k25mini.pretrain.schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
+from k25mini.scale import current_scale, pick, validate_scale
+from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
+from k25mini.world import SUITES, TEXT_CORPORA, VISION_CORPORA, World, chance_baseline, make_eval_suite
+
+__all__ = [
+    "FusionConfig",
+    "config_for",
+    "TEXT_SUITES",
+    "VIT_CORPORA",
+    "VIT_SKILLS",
+    "packed_steps",
+    "pack_vision_only",
+    "batch_from",
+    "lm_loss",
+    "stage_text",
+    "stage_vit",
+    "run_joint",
+    "run_ablation",
+    "aggregate",
+    "results_path",
+    "load_results",
+    "run_probe",
+    "speedrun_stage",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT_SUITES: tuple[str, ...] = ("TextKnow", "TextReason", "Code")
+# the ViT stage's "caption loss": caption-style rows only (what is in the picture), never Q&A
+VIT_CORPORA: tuple[str, ...] = ("captions", "ocr", "charts", "video")
+VIT_SKILLS = frozenset({"caption_entity", "caption_scene", "chart_caption", "video_caption", "ocr"})
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Everything that shapes the ablation's numbers (its hash decides whether saved results are reused)."""
+
+    scale: str
+    preset: str = "nano"
+    rows: int = 4  # sequences per step
+    seq_len: int = 256
+    text_steps: int = 1000  # stage A
+    vit_steps: int = 300  # stage B
+    joint_steps: int = 400  # the fixed joint budget = joint_steps * rows * seq_len tokens
+    vision_share: float = 0.10  # total vision share of the joint budget (Table 1: 10 %)
+    optimizer: str = "muonclip"
+    text_lr: float = 4e-3
+    vit_lr: float = 3e-3
+    joint_lr: float = 2e-3
+    warmup: int = 20
+    track_every: int = 25  # text-suite curve during joint training
+    eval_items: int = 64  # per suite, final eval (greedy generation)
+    max_new_tokens: int = 28
+    world_seed: int = 0
+    stage_seed: int = 0  # seed of the shared stages A and B
+    seeds: tuple[int, ...] = (0, 1, 2)
+    schedules: tuple[str, ...] = ("early", "mid", "late")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.rows * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seeds"], d["schedules"] = list(self.seeds), list(self.schedules)
+        return d
+
+    def stage_key(self, stage: str) -> str:
+        """Hash of the fields stage ``"A"`` (text) or ``"B"`` (ViT, includes A's) depends on, so changing only
+        the joint stage reuses the shared checkpoints."""
+        d = self.to_dict()
+        fields = ["scale", "preset", "rows", "seq_len", "text_steps", "optimizer", "text_lr", "warmup", "world_seed",
+                  "stage_seed"]
+        if stage == "B":
+            fields += ["vit_steps", "vit_lr"]
+        elif stage != "A":
+            raise ValueError(f"stage must be 'A' or 'B', got {stage!r}")
+        return hashlib.sha256(json.dumps({k: d[k] for k in fields}, sort_keys=True).encode()).hexdigest()[:12]
+
+    def key(self) -> str:
+        """Hash of everything except the seed list (a run is reusable when key and seed match)."""
+        d = self.to_dict()
+        d.pop("seeds")
+        d["schedule_defs"] = {s: [SCHEDULES[s].inject_at, SCHEDULES[s].vision_ratio] for s in self.schedules}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_for(scale: str | None = None, **overrides: Any) -> FusionConfig:
+    """The ablation's config at ``scale`` (default: ``K25_SCALE``)."""
+    sc = current_scale() if scale is None else validate_scale(scale, "scale")
+    base = dict(
+        rows=pick(smoke=2, cpu=4, gpu=16, scale=sc),
+        seq_len=pick(smoke=160, cpu=256, gpu=512, scale=sc),
+        text_steps=pick(smoke=4, cpu=1000, gpu=6000, scale=sc),
+        vit_steps=pick(smoke=3, cpu=300, gpu=1500, scale=sc),
+        joint_steps=pick(smoke=10, cpu=400, gpu=4000, scale=sc),
+        warmup=pick(smoke=1, cpu=20, gpu=100, scale=sc),
+        track_every=pick(smoke=5, cpu=25, gpu=200, scale=sc),
+        eval_items=pick(smoke=4, cpu=64, gpu=128, scale=sc),
+        max_new_tokens=pick(smoke=4, cpu=28, gpu=28, scale=sc),
+    )
+    base.update(overrides)
+    return FusionConfig(scale=sc, **base)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def packed_steps(
+    cfg: FusionConfig, schedule: FusionSchedule, steps: int, seed: int, tag: str, world: World, tok: Tokenizer,
+    counts_fn, vision_corpora: tuple[str, ...] = VISION_CORPORA, vision_skills: frozenset[str] | None = None,
+) -> list[PackedStep]:
+    """All packed steps of one stage, computed up front (so a batch is a pure function of the step)."""
+    plan = token_plan(schedule, steps, cfg.tokens_per_step)
+    text = doc_stream(world, TEXT_CORPORA, tok, counts_fn, seed, tag=f"{tag}-text")
+    vision = (doc_stream(world, vision_corpora, tok, counts_fn, seed, max_len=cfg.seq_len, skills=vision_skills,
+                         tag=f"{tag}-vision") if plan[:, 0].any() else iter(()))
+    packer = MixedPacker(text, vision, plan, cfg.rows, cfg.seq_len, tok.media_pad_id, tok.media_begin_id,
+                         tok.media_end_id)
+    return list(packer)
+
+
+def pack_vision_only(docs, steps: int, rows: int, seq_len: int, pad_id: int, media_pad_id: int) -> list[PackedStep]:
+    """ViT-stage batches: whole image-text documents first-fit into rows, the tail of a row padded (no loss).
+
+    (The mixed packer fills gaps with the text stream; with a frozen language model those tokens would teach
+    nothing, so the caption stage pads instead.)"""
+    out: list[PackedStep] = []
+    pending = None
+    for _ in range(steps):
+        ids = np.full((rows, seq_len), pad_id, np.int64)
+        dids = np.zeros((rows, seq_len), np.int64)
+        media: list = []
+        used = 0
+        for r in range(rows):
+            col, d = 0, 0
+            while True:
+                doc = pending if pending is not None else next(docs)
+                pending = None
+                n = len(doc.ids)
+                if col + n > seq_len:
+                    pending = doc
+                    break
+                ids[r, col : col + n] = doc.ids
+                dids[r, col : col + n] = d
+                media += doc.media
+                col, d, used = col + n, d + 1, used + n
+            dids[r, col:] = d  # the padding is its own document
+        starts = np.concatenate([np.ones((rows, 1), bool), dids[:, 1:] != dids[:, :-1]], axis=1)
+        idx = np.broadcast_to(np.arange(seq_len), (rows, seq_len))
+        pos = idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+        labels = np.full((rows, seq_len), IGNORE, np.int64)
+        nxt = ids[:, 1:]
+        ok = (dids[:, 1:] == dids[:, :-1]) & (nxt != media_pad_id) & (nxt != pad_id)
+        labels[:, :-1] = np.where(ok, nxt, IGNORE)
+        out.append(PackedStep(ids, labels, dids, pos, media, used, 0))
+    return out
+
+
+def batch_from(step: PackedStep) -> dict[str, Any]:
+    return {
+        "input_ids": torch.from_numpy(step.input_ids),
+        "labels": torch.from_numpy(step.labels),
+        "doc_ids": torch.from_numpy(step.doc_ids),
+        "position_ids": torch.from_numpy(step.position_ids),
+        "media": step.media,
+        "vision_tokens": step.vision_tokens,
+        "text_tokens": step.text_tokens,
+    }
+
+
+def lm_loss(model: K25ForConditionalGeneration, batch: dict[str, Any]):
+    """Next-token loss on text targets (labels already shifted) + the MoE sequence-level aux loss."""
+    loss = model.loss(batch["input_ids"], batch["labels"], media=batch["media"] or None,
+                      doc_ids=batch["doc_ids"], position_ids=batch["position_ids"])
+    aux = model.moe_aux_loss().to(loss.device)
+    return loss + aux, {"lm_loss": loss.detach(), "vision_tokens": float(batch["vision_tokens"])}
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def _dirs(cfg: FusionConfig, runs_dir: Path | None) -> Path:
+    return (Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "fusion") / cfg.scale / cfg.key()
+
+
+def _stage_dir(cfg: FusionConfig, stage: str, runs_dir: Path | None) -> Path:
+    root = (Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "fusion") / cfg.scale / "stages"
+    return root / f"{stage}-{cfg.stage_key(stage)}"
+
+
+def _train_config(cfg: FusionConfig, steps: int, lr: float, seed: int, out_dir: Path, **kw: Any) -> TrainConfig:
+    return TrainConfig(steps=steps, lr=lr, warmup_steps=min(cfg.warmup, steps), optimizer=cfg.optimizer,
+                       seed=seed, out_dir=str(out_dir), ckpt_every=max(steps // 4, 1), keep_last=1,
+                       log_every=max(steps // 20, 1), progress=False, **kw)
+
+
+def _finished(out_dir: Path, steps: int) -> bool:
+    ck = latest_checkpoint(out_dir / "checkpoints") if (out_dir / "checkpoints").is_dir() else None
+    return ck is not None and json.loads((ck / "state.json").read_text()).get("step") == steps
+
+
+def _new_model(cfg: FusionConfig, seed: int) -> K25ForConditionalGeneration:
+    torch.manual_seed(seed)
+    return K25ForConditionalGeneration(preset(cfg.preset))
+
+
+def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) -> Path:
+    """Stage A: text-only pre-training from scratch; returns its out_dir (the checkpoint others start from)."""
+    out = _stage_dir(cfg, "A", runs_dir)
+    if _finished(out, cfg.text_steps):
+        return out
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = _new_model(cfg, cfg.stage_seed)
+    text_only = FusionSchedule("text", 0.0, 0.0)
+    steps = packed_steps(cfg, text_only, cfg.text_steps, cfg.stage_seed, "A", world, tok, model.media_token_counts)
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 _train_config(cfg, cfg.text_steps, cfg.text_lr, cfg.stage_seed, out), callbacks=callbacks)
+    tr.resume()
+    tr.fit()
+    return out
+
+
+def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) -> Path:
+    """Stage B: from A, train the vision tower + projector with a caption loss, language model frozen."""
+    a = stage_text(cfg, runs_dir)
+    out = _stage_dir(cfg, "B", runs_dir)
+    if _finished(out, cfg.vit_steps):
+        return out
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = _new_model(cfg, cfg.stage_seed)
+    load_weights(model, a)
+    model.language_model.requires_grad_(False)
+    docs = doc_stream(world, VIT_CORPORA, tok, model.media_token_counts, cfg.stage_seed, max_len=cfg.seq_len,
+                      skills=VIT_SKILLS, tag="B")
+    steps = pack_vision_only(docs, cfg.vit_steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 _train_config(cfg, cfg.vit_steps, cfg.vit_lr, cfg.stage_seed, out), callbacks=callbacks)
+    tr.resume()
+    tr.fit()
+    return out
+
+
+def _eval_sets(cfg: FusionConfig) -> dict[str, list]:
+    world = World(cfg.world_seed, scale=cfg.scale)
+    return {s: make_eval_suite(world, s, cfg.eval_items) for s in SUITES}
+
+
+def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None = None,
+              results_dir: Path | None = None, callbacks=(), force: bool = False) -> dict[str, Any]:
+    """One joint pre-training run from the ViT-stage checkpoint; returns (and saves) its result dict."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    res_file = _run_file(cfg, schedule, seed, results_dir)
+    if not force and res_file.is_file():
+        old = json.loads(res_file.read_text())
+        if old.get("config_key") == cfg.key():
+            return old
+    t0 = time.perf_counter()
+    b = stage_vit(cfg, runs_dir)
+    out = _dirs(cfg, runs_dir) / "joint" / f"{schedule}-s{seed}"
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = _new_model(cfg, seed)
+    load_weights(model, b)
+    sch = SCHEDULES[schedule]
+    if not math.isclose(sch.vision_share, cfg.vision_share):  # same injection point, another total vision share
+        sch = schedule_for_share(sch.inject_at, cfg.vision_share, schedule)
+    steps = packed_steps(cfg, sch, cfg.joint_steps, seed, f"joint-{seed}", world, tok, model.media_token_counts)
+    totals = {"vision": int(sum(s.vision_tokens for s in steps)), "text": int(sum(s.text_tokens for s in steps))}
+    evals = _eval_sets(cfg)
+    track = {s: evals[s] for s in TEXT_SUITES}
+
+    def track_fn(m) -> dict[str, float]:
+        return {f"tf_{s}": teacher_forced_exact(m, tok, items) for s, items in track.items()}
+
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 _train_config(cfg, cfg.joint_steps, cfg.joint_lr, seed, out, eval_every=cfg.track_every,
+                               eval_at_end=True), eval_fn=track_fn, callbacks=callbacks)
+    resumed = tr.resume()
+    step0 = None if resumed else {"step": 0, **track_fn(model)}
+    t_train = time.perf_counter()
+    tr.fit()
+    t_eval = time.perf_counter()
+    final = {s: evaluate_items(model, tok, items, cfg.max_new_tokens)[0] for s, items in evals.items()}
+    t_end = time.perf_counter()
+    curve = [r for r in tr.history if r.get("split") == "eval"]
+    if step0 is None:  # resumed: step 0 was logged (if at all) by the first attempt; recompute from B's weights
+        m0 = _new_model(cfg, seed)
+        load_weights(m0, b)
+        step0 = {"step": 0, **track_fn(m0)}
+    curve = [step0] + [{"step": r["step"], **{k: r[k] for k in r if k.startswith("tf_")}} for r in curve]
+    loss = [[r["step"], r["lm_loss"]] for r in tr.history if r.get("split") == "train" and "lm_loss" in r]
+    result = {
+        "schedule": schedule, "inject_at": sch.inject_at, "vision_ratio": sch.vision_ratio, "seed": seed,
+        "scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "tokens": totals,
+        "final": final, "text_curve": curve, "loss_curve": loss, "resumed": resumed,
+        "timing_s": {"total": t_end - t0, "train": t_eval - t_train, "final_eval": t_end - t_eval},
+        "torch_threads": torch.get_num_threads(),
+    }
+    _write_json(res_file, result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- results
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _results_dir(results_dir: Path | None) -> Path:
+    return Path(results_dir) if results_dir is not None else ROOT / "results"
+
+
+def _run_file(cfg: FusionConfig, schedule: str, seed: int, results_dir: Path | None) -> Path:
+    return _results_dir(results_dir) / "fusion_ablation" / cfg.scale / f"{schedule}-s{seed}.json"
+
+
+def results_path(scale: str, results_dir: Path | None = None) -> Path:
+    """``results/fusion_ablation.json`` at cpu scale (the committed one), ``..._<scale>.json`` otherwise."""
+    name = "fusion_ablation.json" if scale == "cpu" else f"fusion_ablation_{scale}.json"
+    return _results_dir(results_dir) / name
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def aggregate(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str, Any]:
+    """Join the finished runs of ``cfg`` into one JSON (mean and sample std over seeds) and write it."""
+    runs = []
+    for sch in cfg.schedules:
+        for seed in cfg.seeds:
+            f = _run_file(cfg, sch, seed, results_dir)
+            if f.is_file():
+                r = json.loads(f.read_text())
+                if r.get("config_key") == cfg.key():
+                    runs.append(r)
+    table: dict[str, Any] = {}
+    for sch in cfg.schedules:
+        rs = [r for r in runs if r["schedule"] == sch]
+        if not rs:
+            continue
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "label": SCHEDULES[sch].label}
+        for s in SUITES:
+            m, sd = _mean_std([r["final"][s] for r in rs])
+            row[s] = {"mean": m, "std": sd, "values": [r["final"][s] for r in rs]}
+        row["tokens"] = rs[0]["tokens"]
+        row["tokens_identical_across_seeds"] = all(r["tokens"] == rs[0]["tokens"] for r in rs)
+        row["run_seconds"] = [r["timing_s"]["total"] for r in rs]
+        table[sch] = row
+    out = {
+        "experiment": "fusion_ablation", "scale": cfg.scale, "config": cfg.to_dict(), "config_key": cfg.key(),
+        "complete": len(runs) == len(cfg.schedules) * len(cfg.seeds), "n_runs": len(runs),
+        "chance": {s: chance_baseline(s, cfg.world_seed, cfg.scale) for s in SUITES},
+        "table": table,
+        "runs": [{k: r[k] for k in ("schedule", "seed", "final", "tokens", "text_curve", "loss_curve", "timing_s",
+                                    "torch_threads")} for r in runs],
+    }
+    _write_json(results_path(cfg.scale, results_dir), out)
+    return out
+
+
+def load_results(scale: str | None = None, results_dir: Path | None = None) -> dict[str, Any] | None:
+    """The aggregated results at ``scale`` if they exist (None otherwise)."""
+    p = results_path(current_scale() if scale is None else validate_scale(scale, "scale"), results_dir)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def run_ablation(cfg: FusionConfig | None = None, runs: list[tuple[str, int]] | None = None,
+                 runs_dir: Path | None = None, results_dir: Path | None = None, force: bool = False,
+                 callbacks=()) -> dict[str, Any]:
+    """Every (schedule, seed) of ``cfg`` (or just ``runs``); finished runs with the same config are reused."""
+    cfg = config_for() if cfg is None else cfg
+    todo = runs if runs is not None else [(s, k) for s in cfg.schedules for k in cfg.seeds]
+    for sch, seed in todo:
+        run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force)
+    return aggregate(cfg, results_dir)
+
+
+def run_probe(name: str, schedule: str, seed: int, results_dir: Path | None = None, runs_dir: Path | None = None,
+              **overrides: Any) -> dict[str, Any]:
+    """An investigation run outside the ablation grid (e.g. a larger budget): the cpu-scale config with
+    ``overrides``, saved as ``results/fusion_ablation/probes/<name>.json`` (reused when its config matches)."""
+    cfg = config_for(**overrides)
+    out = _results_dir(results_dir) / "fusion_ablation" / "probes" / f"{name}.json"
+    if out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("config_key") == cfg.key() and old.get("seed") == seed and old.get("schedule") == schedule:
+            return old
+    with tempfile.TemporaryDirectory() as scratch:  # keep the probe's copy only
+        r = run_joint(cfg, schedule, seed, runs_dir, Path(scratch), force=True)
+    r["probe"], r["overrides"] = name, overrides
+    _write_json(out, r)
+    return r
+
+
+def speedrun_stage() -> dict[str, str]:
+    """``make speedrun`` stage: the fusion ablation at the current scale (reusing matching results)."""
+    cfg = config_for()
+    t0 = time.perf_counter()
+    res = run_ablation(cfg)
+    lines = {"runs": f"{res['n_runs']} ({len(cfg.schedules)} schedules x seeds {list(cfg.seeds)}), "
+                     f"{time.perf_counter() - t0:.0f} s this call"}
+    for sch, row in res["table"].items():
+        lines[sch] = "  ".join(f"{s} {100 * row[s]['mean']:.1f}±{100 * row[s]['std']:.1f}" for s in SUITES)
+    lines["chance"] = "  ".join(f"{s} {100 * v:.1f}" for s, v in res["chance"].items())
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", nargs="*", help="schedule:seed pairs (default: all)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--force", action="store_true", help="recompute runs even when results match")
+    ap.add_argument("--stages-only", action="store_true", help="only train the shared stages A and B")
+    ap.add_argument("--probe", nargs=3, metavar=("NAME", "SCHEDULE", "SEED"), help="an investigation run")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides for --probe, e.g. joint_steps=800")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = config_for()
+    print(f"fusion ablation at {cfg.scale}: key {cfg.key()}", flush=True)
+    t0 = time.perf_counter()
+    if a.stages_only:
+        stage_vit(cfg)
+        print(f"stages A+B done in {time.perf_counter() - t0:.0f} s", flush=True)
+        return 0
+    if a.probe:
+        over = {k: type(getattr(cfg, k))(v) for k, v in (kv.split("=") for kv in a.set)}
+        r = run_probe(a.probe[0], a.probe[1], int(a.probe[2]), **over)
+        print(f"probe {a.probe[0]}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
+              + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
+        return 0
+    todo = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
+    for sch, seed in todo or [(s, k) for s in cfg.schedules for k in cfg.seeds]:
+        r = run_joint(cfg, sch, seed, force=a.force)
+        print(f"{sch} seed {seed}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
+              + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
+    aggregate(cfg)
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Generate docs/reproduction.md from results/ (never typed by hand): ``python -m k25mini.report``.
+
+Chapter 05: the paper's Table 1 beside ours (mean ± sample std over seeds, seeds listed, chance
+baselines), whether the paper's ordering holds suite by suite, and the text-score-over-time figure.
+Chapter 08: ``k25mini.swarm.report.markdown_section()`` when that module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from k25mini.world import SUITES
+
+__all__ = ["PAPER_TABLE1", "fusion_section", "pairwise_lines", "probes_section", "text_curve_figure", "ordering",
+           "build", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# K2.5 report, Table 1 (paper_facts §5): fixed vision+text budget
+PAPER_TABLE1: dict[str, dict[str, float]] = {
+    "early": {"VisKnow": 25.8, "VisReason": 43.8, "OCR": 65.7, "TextKnow": 45.5, "TextReason": 58.5, "Code": 24.8},
+    "mid": {"VisKnow": 25.0, "VisReason": 40.7, "OCR": 64.1, "TextKnow": 43.9, "TextReason": 58.6, "Code": 24.0},
+    "late": {"VisKnow": 24.2, "VisReason": 39.0, "OCR": 61.5, "TextKnow": 43.1, "TextReason": 57.8, "Code": 24.0},
+}
+PAPER_SETUP = {"early": ("0%", "10:90"), "mid": ("50%", "20:80"), "late": ("80%", "50:50")}
+TEXT_KEYS = ("tf_TextKnow", "tf_TextReason", "tf_Code")
+
+
+def ordering(table: dict[str, dict[str, float]], suites=SUITES, tie: float = 1e-9) -> dict[str, str]:
+    """Per suite, the schedules sorted best-first (``"early > mid > late"``); values closer than ``tie``
+    are shown as equal (``=``)."""
+    out = {}
+    for s in suites:
+        items = sorted(((table[k][s], k) for k in table), key=lambda t: -t[0])
+        txt = items[0][1]
+        for (prev, _), (v, k) in zip(items, items[1:]):
+            txt += (" = " if abs(prev - v) < tie else " > ") + k
+        out[s] = txt
+    return out
+
+
+def _curves(res: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """schedule -> (steps, mean over seeds of the mean text score, std over seeds)."""
+    out = {}
+    for sch in res["table"]:
+        runs = [r for r in res["runs"] if r["schedule"] == sch]
+        steps = [p["step"] for p in runs[0]["text_curve"]]
+        vals = np.array([[np.mean([p[k] for k in TEXT_KEYS]) for p in r["text_curve"]] for r in runs
+                         if [p["step"] for p in r["text_curve"]] == steps])
+        out[sch] = (np.array(steps), vals.mean(0), vals.std(0, ddof=1) if len(vals) > 1 else np.zeros(len(steps)))
+    return out
+
+
+def text_curve_figure(res: dict[str, Any], path: Path | None = None):
+    """Mean text-suite score (teacher-forced exact match) over joint training, one line per schedule;
+    dashed verticals mark where vision enters. Saved to ``path`` if given; returns the figure."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from k25mini.pretrain.schedule import SCHEDULES
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    steps_total = res["config"]["joint_steps"]
+    colours = {"early": "tab:blue", "mid": "tab:orange", "late": "tab:green"}
+    for sch, (x, m, sd) in _curves(res).items():
+        c = colours.get(sch)
+        ax.plot(x, 100 * m, label=SCHEDULES[sch].label, color=c)
+        ax.fill_between(x, 100 * (m - sd), 100 * (m + sd), alpha=0.15, color=c)
+        p = SCHEDULES[sch].inject_at
+        if p > 0:
+            ax.axvline(p * steps_total, ls="--", lw=0.8, color=c)
+    ax.set_xlabel("joint pre-training step")
+    ax.set_ylabel("text suites, exact match (%)")
+    ax.set_title("Text score during joint pre-training (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def _dip(res: dict[str, Any]) -> dict[str, str]:
+    """Did the text score drop right after vision entered, and recover by the end? (per schedule, seed means)"""
+    from k25mini.pretrain.schedule import SCHEDULES
+
+    out = {}
+    for sch, (x, m, _) in _curves(res).items():
+        p = SCHEDULES[sch].inject_at
+        if p == 0:
+            out[sch] = "vision from step 0 (no injection point)"
+            continue
+        t = p * res["config"]["joint_steps"]
+        before = m[x <= t][-1]
+        after = m[x > t]
+        low = after.min() if len(after) else float("nan")
+        out[sch] = (f"score just before injection {100 * before:.1f}, lowest after {100 * low:.1f} "
+                    f"({'dip' if low < before - 1e-9 else 'no dip'}), final {100 * m[-1]:.1f}")
+    return out
+
+
+def fusion_section(res: dict[str, Any] | None, figure_rel: str | None = None) -> str:
+    """Markdown for chapter 05 from the aggregated ``results/fusion_ablation.json``."""
+    lines = ["## Chapter 05 — early fusion: Table 1 (fixed vision + text budget)", ""]
+    if res is None:
+        return "\n".join(lines + ["*No results yet: run `python -m k25mini.pretrain.fusion`.*", ""])
+    cfg = res["config"]
+    table = res["table"]
+    seeds = sorted({s for row in table.values() for s in row["seeds"]})
+    lines += [
+        f"Scale `{res['scale']}`, model preset `{cfg['preset']}`, results key `{res['config_key']}`"
+        f"{'' if res['complete'] else ' (**incomplete: some runs missing**)'}; seeds {seeds} "
+        f"(a seed changes the joint stage's data order; stages A and B are shared). Joint budget "
+        f"{cfg['joint_steps']} steps × {cfg['rows']}×{cfg['seq_len']} tokens "
+        f"= {cfg['joint_steps'] * cfg['rows'] * cfg['seq_len']:,} tokens, vision share {cfg['vision_share']:.0%}. "
+        f"Scores in %, mean ± sample std over seeds; final scores by greedy generation on "
+        f"{cfg['eval_items']} held-out items per suite.",
+        "",
+        "| fusion | inject at | V:T | " + " | ".join(SUITES) + " | vision / text tokens |",
+        "|---|---|---|" + "---|" * len(SUITES) + "---|",
+    ]
+    for sch in ("early", "mid", "late"):
+        if sch in PAPER_TABLE1:
+            at, vt = PAPER_SETUP[sch]
+            lines.append(f"| paper {sch} | {at} | {vt} | " + " | ".join(f"{PAPER_TABLE1[sch][s]:.1f}" for s in SUITES)
+                         + " | — |")
+    for sch, row in table.items():
+        at, vt = PAPER_SETUP.get(sch, ("?", "?"))
+        cells = [f"{100 * row[s]['mean']:.1f} ± {100 * row[s]['std']:.1f}" for s in SUITES]
+        tok = row["tokens"]
+        lines.append(f"| **ours {sch}** (n={len(row['seeds'])}) | {at} | {vt} | " + " | ".join(cells)
+                     + f" | {tok['vision']:,} / {tok['text']:,} |")
+    lines.append("| chance | | | " + " | ".join(f"{100 * res['chance'][s]:.1f}" for s in SUITES) + " | |")
+    lines.append("")
+    ours = {k: {s: row[s]["mean"] for s in SUITES} for k, row in table.items()}
+    if len(ours) > 1:
+        paper_order = ordering({k: PAPER_TABLE1[k] for k in ours if k in PAPER_TABLE1})
+        our_order = ordering(ours, tie=5e-4)  # equal at the table's precision (0.1 %)
+        lines += ["**Ordering per suite** (best first, by the mean over seeds):", "",
+                  "| suite | paper | ours | same | beats chance (all schedules) |", "|---|---|---|---|---|"]
+        for s in SUITES:
+            beats = all(row[s]["mean"] > res["chance"][s] for row in table.values())
+            lines.append(f"| {s} | {paper_order[s]} | {our_order[s]} | "
+                         f"{'yes' if paper_order[s] == our_order[s] else 'no'} | {'yes' if beats else 'no'} |")
+        lines.append("")
+        lines += pairwise_lines(res)
+        lines += ["Per-seed values (for judging the spread):", ""]
+        for sch, row in table.items():
+            vals = "; ".join(f"{s} " + ", ".join(f"{100 * v:.1f}" for v in row[s]["values"]) for s in SUITES)
+            lines.append(f"- {sch} (seeds {row['seeds']}): {vals}")
+        lines.append("")
+    if figure_rel is not None:
+        lines += [f"![text score over joint training]({figure_rel})", ""]
+    lines += ["**Dip-and-recover** (mean text-suite teacher-forced exact match, seed means):", ""]
+    lines += [f"- {sch}: {txt}" for sch, txt in _dip(res).items()]
+    lines += ["", "Per-run timings (s): " + "; ".join(
+        f"{sch} " + ", ".join(f"{t:.0f}" for t in row["run_seconds"]) for sch, row in table.items()), ""]
+    return "\n".join(lines)
+
+
+def pairwise_lines(res: dict[str, Any]) -> list[str]:
+    """Early against each later schedule: on how many suites early is ahead, and by how many seed-stds."""
+    table = res["table"]
+    if "early" not in table:
+        return []
+    out = ["**Early against later fusion** (difference of means in points; in brackets, in units of the larger "
+           "of the two seed stds):", ""]
+    for sch in table:
+        if sch == "early":
+            continue
+        diffs = []
+        for s in SUITES:
+            d = table["early"][s]["mean"] - table[sch][s]["mean"]
+            sd = max(table["early"][s]["std"], table[sch][s]["std"], 1e-9)
+            diffs.append(f"{s} {100 * d:+.1f} ({d / sd:+.1f})")
+        ahead = sum(table["early"][s]["mean"] > table[sch][s]["mean"] for s in SUITES)
+        out.append(f"- early − {sch}: early ahead on {ahead}/6 suites: " + ", ".join(diffs))
+    return [*out, ""]
+
+
+def probes_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
+    """The investigation runs (``results/fusion_ablation/probes/*.json``), with the ablation's run of the same
+    schedule and seed as the reference row when ``res`` is given."""
+    files = sorted((results_dir / "fusion_ablation" / "probes").glob("*.json"))
+    if not files:
+        return ""
+    lines = ["### Investigations (single runs, same shared stages A and B)", "",
+             "| probe | schedule, seed | change | " + " | ".join(SUITES) + " | run (s) |",
+             "|---|---|---|" + "---|" * len(SUITES) + "---|"]
+    probes = [json.loads(f.read_text()) for f in files]
+    if res is not None:
+        for sch, seed in sorted({(p["schedule"], p.get("seed", 0)) for p in probes}):
+            for r in res.get("runs", []):
+                if r["schedule"] == sch and r["seed"] == seed:
+                    lines.append(f"| *ablation* | {sch}, {seed} | none | "
+                                 + " | ".join(f"{100 * r['final'][s]:.1f}" for s in SUITES)
+                                 + f" | {r['timing_s']['total']:.0f} |")
+    for r in probes:
+        change = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items())
+        lines.append(f"| {r.get('probe', '?')} | {r['schedule']}, {r.get('seed', 0)} | {change} | "
+                     + " | ".join(f"{100 * r['final'][s]:.1f}" for s in SUITES) + f" | {r['timing_s']['total']:.0f} |")
+    return "\n".join([*lines, ""])
+
+
+def _swarm_section() -> str | None:
+    try:
+        mod = importlib.import_module("k25mini.swarm.report")
+    except ModuleNotFoundError as e:
+        if e.name in ("k25mini.swarm.report", "k25mini.swarm"):
+            return None
+        raise
+    fn = getattr(mod, "markdown_section", None)
+    return fn() if callable(fn) else None
+
+
+def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: str = "cpu") -> str:
+    """Write ``docs/reproduction.md`` (+ its figure) from the results; returns the markdown."""
+    results_dir = Path(results_dir) if results_dir is not None else ROOT / "results"
+    docs_dir = Path(docs_dir) if docs_dir is not None else ROOT / "docs"
+    name = "fusion_ablation.json" if scale == "cpu" else f"fusion_ablation_{scale}.json"
+    p = results_dir / name
+    res = json.loads(p.read_text()) if p.is_file() else None
+    fig_rel = None
+    if res is not None and res.get("runs"):
+        fig_rel = f"figures/fusion_text_curve_{scale}.png"
+        text_curve_figure(res, docs_dir / fig_rel)
+    parts = [
+        "# Reproduction: the paper's numbers beside ours",
+        "",
+        "Generated by `python -m k25mini.report` from `results/`; do not edit by hand. Toy scale: the numbers "
+        "test whether the paper's *effects* appear in a ~0.5M-parameter model on the toy world, not its values.",
+        "",
+        fusion_section(res, fig_rel),
+        probes_section(results_dir, res),
+    ]
+    swarm = _swarm_section()
+    parts += [swarm if swarm is not None else "## Chapter 08 — agent swarm\n\n*Not generated yet "
+              "(`k25mini.swarm.report.markdown_section` is not available).*\n"]
+    md = "\n".join(parts).rstrip() + "\n"
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    out = docs_dir / "reproduction.md"
+    tmp = out.with_name(".reproduction.md.tmp")
+    tmp.write_text(md, encoding="utf-8")
+    os.replace(tmp, out)
+    return md
+
+
+def main() -> int:
+    build()
+    print(f"wrote {ROOT / 'docs' / 'reproduction.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""docs/reproduction.md generation from results (synthetic results, temporary folders)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from k25mini import report
+from k25mini.world import SUITES
+
+
+def _fake_results(vals: dict[str, list[float]]) -> dict:
+    runs, table = [], {}
+    for sch, per_seed in vals.items():
+        for seed, v in enumerate(per_seed):
+            curve = [{"step": s, "tf_TextKnow": v, "tf_TextReason": v / 2, "tf_Code": v / 3} for s in (0, 5, 10)]
+            runs.append({"schedule": sch, "seed": seed, "final": {s: v for s in SUITES},
+                         "tokens": {"vision": 5, "text": 45},
+                         "text_curve": curve, "loss_curve": [[5, 1.0], [10, 0.5]], "timing_s": {"total": 1.0},
+                         "torch_threads": 1})
+        row = {"seeds": list(range(len(per_seed))), "label": sch, "tokens": {"vision": 5, "text": 45},
+               "run_seconds": [1.0] * len(per_seed)}
+        for s in SUITES:
+            m = sum(per_seed) / len(per_seed)
+            row[s] = {"mean": m, "std": 0.01, "values": per_seed}
+        table[sch] = row
+    cfg = {"preset": "nano", "joint_steps": 10, "rows": 1, "seq_len": 5, "vision_share": 0.1, "eval_items": 2}
+    return {"scale": "smoke", "config": cfg, "config_key": "abc", "complete": True, "table": table, "runs": runs,
+            "chance": {s: 0.05 for s in SUITES}}
+
+
+def test_ordering_with_ties():
+    t = {"early": {"A": 0.3}, "mid": {"A": 0.2}, "late": {"A": 0.2}}
+    assert report.ordering(t, ["A"]) == {"A": "early > mid = late"}
+    assert report.ordering({k: report.PAPER_TABLE1[k] for k in report.PAPER_TABLE1})["OCR"] == "early > mid > late"
+
+
+def test_build_writes_table_figure_and_verdicts(tmp_path):
+    res = _fake_results({"early": [0.3, 0.32], "mid": [0.2, 0.22], "late": [0.04, 0.04]})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "fusion_ablation_smoke.json").write_text(json.dumps(res))
+    md = report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
+    assert (tmp_path / "docs" / "reproduction.md").read_text() == md
+    assert (tmp_path / "docs" / "figures" / "fusion_text_curve_smoke.png").stat().st_size > 1000
+    assert "| paper early | 0% | 10:90 | 25.8 |" in md
+    assert "31.0 ± 1.0" in md  # early mean over its two seeds, in %
+    lines = [ln for ln in md.splitlines() if ln.startswith("| OCR |")]
+    assert lines and lines[0].endswith("| yes | no |")  # same ordering as the paper; late at/below chance
+    assert "seeds [0, 1]" in md
+    assert "Chapter 08" in md
+
+
+def test_build_without_results_says_so(tmp_path):
+    md = report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
+    assert "No results yet" in md
+
+
+def test_swarm_section_included_when_importable(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("k25mini.swarm.report")
+    mod.markdown_section = lambda: "## Chapter 08 — swarm SENTINEL\n"
+    monkeypatch.setitem(sys.modules, "k25mini.swarm.report", mod)
+    md = report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
+    assert "SENTINEL" in md
+
+
+@pytest.mark.parametrize("bad", [None])
+def test_fusion_section_none(bad):
+    assert "No results" in report.fusion_section(bad)
+
+
+def test_probes_listed(tmp_path):
+    probes = tmp_path / "results" / "fusion_ablation" / "probes"
+    probes.mkdir(parents=True)
+    (probes / "more_vision.json").write_text(json.dumps({
+        "probe": "more_vision", "schedule": "early", "overrides": {"vision_share": 0.3},
+        "final": {s: 0.5 for s in SUITES}, "timing_s": {"total": 12.0}}))
+    md = report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
+    assert "| more_vision | early, 0 | vision_share=0.3 | 50.0 |" in md
