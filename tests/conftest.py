@@ -26,10 +26,17 @@ def _cuda_available() -> bool:
 
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    # pytest-xdist runs 2 workers on the 2-core CI box: one intra-op thread each avoids oversubscription
+
+
+def _one_intra_op_thread() -> None:
+    # Test shapes are tiny and pytest-xdist runs 2 workers on the 2-core CI box: extra intra-op threads only
+    # add contention (measured 8-10x slower under load). One place for every test file.
     import torch
 
     torch.set_num_threads(1)
+
+
+_one_intra_op_thread()
 
 sys.path.insert(0, os.path.dirname(__file__))  # so tests can `import seam`
 

@@ -23,16 +23,6 @@ from k25mini.train import (
 )
 from k25mini.train.toy import TinyCharMLP, ToyStream, toy_batch_at, toy_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops on a shared 2-core box: OpenMP thread contention costs 10x; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 N_STEPS, CKPT_EVERY, KILL_AT = 10, 4, 6  # checkpoint at 4 and 8; the "kill" after step 6 loses steps 5-6
 
 

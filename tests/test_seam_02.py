@@ -10,15 +10,6 @@ import k25mini.vision as kv
 from k25mini.config import nano
 from seam import load_notebook_defs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: intra-op threads only add contention (8x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 NB = "notebooks/02_moonvit3d_video.ipynb"
 
 

@@ -13,14 +13,6 @@ from k25mini.train import Callback, LivePlot, TrainConfig, Trainer, lr_factor, s
 from k25mini.train.toy import TinyCharMLP, toy_batch_at, toy_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(**kw) -> TrainConfig:
     base = dict(steps=6, lr=1e-2, log_every=1, progress=False, grad_clip=None, weight_decay=0.0)
     base.update(kw)

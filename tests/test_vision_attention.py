@@ -7,15 +7,6 @@ import torch
 
 from k25mini.vision import available_backends, select_backend, varlen_attention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: intra-op threads only add contention (8x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 LENS = [5, 12, 1, 12, 7]  # includes a length-1 item and two items of equal length (batched together)
 
 

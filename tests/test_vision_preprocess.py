@@ -27,15 +27,6 @@ from k25mini.vision import (
     unpatchify,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: intra-op threads only add contention (8x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 NANO = nano().vision
 
 

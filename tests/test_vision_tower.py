@@ -19,15 +19,6 @@ from k25mini.vision import (
     tpool_patch_merger,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: intra-op threads only add contention (8x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 TINY = VisionConfig(patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                     init_pos_emb_height=6, init_pos_emb_width=6, rope_max_height=32, rope_max_width=32,
                     min_patches=4, max_patches=64)
