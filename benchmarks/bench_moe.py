@@ -11,6 +11,11 @@ Variants (same inputs, same upstream gradient, timed interleaved in one run so m
 Shapes come from the k25mini presets (nano, small) plus the small preset widened to 64 experts (the
 acceptance case). Prints a markdown table of median ms and eager/variant speed-ups.
 
+A second table times the whole ``k25mini.model.moe.MoELayer`` (router + routed experts + shared expert)
+with each backend of the layer (``eager``: Mixtral-style loop with a mask per expert; ``torch``: the CPU
+default; ``triton`` on CUDA) on the same weights and inputs, against a dense SwiGLU of equal FLOPs
+(width (top-k + shared) * F).
+
     python benchmarks/bench_moe.py                 # CPU, 1 thread
     python benchmarks/bench_moe.py --quick         # smoke: few repeats, fewer tokens
 """
@@ -95,6 +100,55 @@ def bench(tokens: int, repeats: int, device: str, dtype: torch.dtype) -> list[di
     return rows
 
 
+LAYER_SHAPES = [("nano", {}), ("small", {}), ("small-64e", {"n_routed_experts": 64})]
+
+
+def bench_layer(tokens: int, repeats: int, device: str, dtype: torch.dtype) -> list[dict]:
+    """MoELayer fwd+bwd per backend vs an equal-FLOP dense SwiGLU, interleaved in one run."""
+    import dataclasses
+
+    from k25mini.config import preset
+    from k25mini.model.moe import MoELayer
+    from k25mini.model.swiglu import SwiGLU
+
+    rows = []
+    for name, over in LAYER_SHAPES:
+        cfg = dataclasses.replace(preset(name.split("-")[0]).text, **over)
+        torch.manual_seed(0)
+        layer = MoELayer(cfg).to(device, dtype).train()
+        width = (cfg.num_experts_per_tok + cfg.n_shared_experts) * cfg.moe_intermediate_size
+        dense = SwiGLU(cfg.hidden_size, width).to(device, dtype)
+        x = torch.randn(1, tokens, cfg.hidden_size, device=device, dtype=dtype, requires_grad=True)
+        grad = torch.randn_like(x)
+        backends = ["eager", "torch"] + (["triton"] if device == "cuda" else [])
+
+        def run(mod, backend=None, x=x, grad=grad):
+            if backend is not None:
+                mod.set_backend(backend)
+            x.grad = None
+            mod.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            mod(x).backward(grad)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return (time.perf_counter() - t0) * 1e3
+
+        times: dict[str, list[float]] = {b: [] for b in backends + ["dense"]}
+        for b in backends:  # warm-up
+            run(layer, b)
+        run(dense)
+        for _ in range(repeats):
+            for b in backends:
+                times[b].append(run(layer, b))
+            times["dense"].append(run(dense))
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        rows.append({"shape": name, "T": tokens, "D": cfg.hidden_size, "F": cfg.moe_intermediate_size,
+                     "E": cfg.n_routed_experts, "K": cfg.num_experts_per_tok, **med})
+    return rows
+
+
 def to_markdown(rows: list[dict]) -> str:
     variants = [k for k in rows[0] if k not in ("shape", "T", "D", "F", "E", "K")]
     head = "| shape | T | D | F | E | K | " + " | ".join(f"{v} ms" for v in variants)
@@ -124,6 +178,12 @@ def main() -> None:
     print(f"# MoE expert fwd+bwd, torch {torch.__version__}, device {device}, dtype {a.dtype}, "
           f"threads {torch.get_num_threads()}, median of {a.repeats}")
     print(to_markdown(bench(a.tokens, a.repeats, device, dtype)))
+    print(f"\n# MoELayer (router + routed + shared expert) fwd+bwd per backend, T={2 * a.tokens}")
+    rows = bench_layer(2 * a.tokens, a.repeats, device, dtype)
+    print(to_markdown(rows))
+    for r in rows:
+        print(f"{r['shape']}: torch backend {r['eager'] / r['torch']:.1f}x faster than eager; "
+              f"{r['torch'] / r['dense']:.2f}x the time of the equal-FLOP dense SwiGLU")
 
 
 if __name__ == "__main__":
