@@ -308,6 +308,18 @@ def _check_args(call: ToolCall) -> str | None:
     return None
 
 
+def _close_turn(ctx: ContextWindow, rec: StepRecord, out: _Outcome, messages: list[Message], assigned: bool) -> None:
+    """End an agent's turn: add parse errors (or a nudge when no tool was called) to the observations,
+    append them all to the context window and record them on the step."""
+    messages = messages + [Message("tool", err) for err in out.errors]
+    if not out.calls and not out.errors:
+        messages.append(Message("tool", "no tool call found; call a tool, or finish(answer) to answer"))
+    for m in messages:
+        ctx.add(m)
+    rec.observations = [m.content for m in messages]
+    rec.kind = _kind(assigned, out, messages)
+
+
 def _kind(assigned: bool, out: _Outcome, messages: list[Message]) -> str:
     """Label of a step for traces and plots."""
     if assigned:
@@ -497,14 +509,7 @@ class SwarmRuntime:
         stage.subs = [ar.steps for ar in sub_recs]
         stage.agents = [ar.agent_id for ar in sub_recs]
         rec.t_end = t_end
-        messages = [m for m in obs if m is not None]
-        messages += [Message("tool", e) for e in out.errors]
-        if not out.calls and not out.errors:
-            messages.append(Message("tool", "no tool call found; call a tool, or finish(answer) to answer"))
-        for m in messages:
-            ctx.add(m)
-        rec.observations = [m.content for m in messages]
-        rec.kind = _kind(bool(assigns), out, messages)
+        _close_turn(ctx, rec, out, [m for m in obs if m is not None], bool(assigns))
         return False
 
     # -- subagents -----------------------------------------------------------------------------------
@@ -571,13 +576,7 @@ class SwarmRuntime:
                     msg, t = await self._direct(call, clock, ar.agent_id)
                     messages.append(msg)
                     t_end = max(t_end, t)
-            messages += [Message("tool", e) for e in out.errors]
-            if not out.calls and not out.errors:
-                messages.append(Message("tool", "no tool call found; call a tool, or finish(answer) to answer"))
-            for m in messages:
-                ctx.add(m)
-            rec.observations = [m.content for m in messages]
-            rec.kind = _kind(False, out, messages)
+            _close_turn(ctx, rec, out, messages, False)
             clock = rec.t_end = ar.t_end = t_end
         ar.status = "budget" if capped else "step_limit"
         ar.error = f"no finish within {ar.step_limit} steps"
