@@ -229,3 +229,23 @@ def test_report_section_from_results_dir(tmp_path):
     md = markdown_section(tmp_path)
     assert md.startswith("## Chapter 08") and "### Agent Swarm / PARL" in md and "scale `cpu`" in md
     assert "critical_steps_ratio_ge_3 = False" in md and "| 1 | baseline |" in md
+
+
+def test_run_experiment_seeds_in_processes_match_one_process(tmp_path):
+    """``workers=2`` runs each seed in its own spawned process: the results are identical to one process, and the
+    JSON is written once, with a note saying how it was run."""
+    import json
+    from dataclasses import replace
+
+    from k25mini.swarm.experiments import default_config, run_experiment
+
+    cfg = replace(default_config("smoke"), seeds=[0, 1], variants=["full"], budgets=[None])
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="workers"):
+            run_experiment(cfg, tmp_path / "bad", workers=bad)
+    assert not (tmp_path / "bad").exists()
+    one = run_experiment(cfg, tmp_path / "one", workers=1, log=lambda m: None)
+    two = run_experiment(cfg, tmp_path / "two", workers=2)
+    assert json.dumps(one["per_seed"], sort_keys=True) == json.dumps(two["per_seed"], sort_keys=True)
+    assert "note" not in one and "2 concurrent processes" in two["note"]
+    assert json.loads((tmp_path / "two" / "swarm_smoke.json").read_text())["per_seed"] == two["per_seed"]
