@@ -18,7 +18,7 @@ import numpy as np
 from k25mini.world import SUITES
 
 __all__ = ["PAPER_TABLE1", "fusion_section", "pairwise_lines", "probes_section", "text_curve_figure", "ordering",
-           "build", "main"]
+           "archived_ablations", "archive_section", "diagnostics_section", "build", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,28 +188,94 @@ def pairwise_lines(res: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _vit_steps(r: dict[str, Any]) -> Any:
+    return r.get("config", {}).get("vit_steps", "?")
+
+
+def archived_ablations(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Earlier complete ablations kept for comparison: ``archive/<name>/fusion_ablation.json`` under the results."""
+    root = results_dir / "fusion_ablation" / "archive"
+    return [(p.parent.name, json.loads(p.read_text())) for p in sorted(root.glob("*/fusion_ablation.json"))]
+
+
+def archive_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
+    """Table 1 of each archived ablation (mean ± std), with what differs from the current config."""
+    arch = archived_ablations(results_dir)
+    if not arch:
+        return ""
+    lines = ["### Earlier ablations (kept in `results/fusion_ablation/archive/`)", ""]
+    for name, a in arch:
+        diff = {k: v for k, v in a["config"].items() if res is None or res["config"].get(k) != v}
+        seeds = sorted({r["seed"] for r in a.get("runs", [])})
+        lines += [f"**{name}** (key `{a['config_key']}`, seeds {seeds}; differs from the current "
+                  f"config in: {', '.join(f'{k}={v}' for k, v in diff.items()) or 'nothing'})", "",
+                  "| schedule | " + " | ".join(SUITES) + " |", "|---|" + "---|" * len(SUITES)]
+        for sch, row in a["table"].items():
+            lines.append(f"| {sch} | " + " | ".join(f"{100 * row[s]['mean']:.1f} ± {100 * row[s]['std']:.1f}"
+                                                 for s in SUITES) + " |")
+        lines.append("| chance | " + " | ".join(f"{100 * a['chance'][s]:.1f}" for s in SUITES) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def probes_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
-    """The investigation runs (``results/fusion_ablation/probes/*.json``), with the ablation's run of the same
-    schedule and seed as the reference row when ``res`` is given."""
+    """The investigation runs (``results/fusion_ablation/probes/*.json``). Reference rows: the ablation run of
+    the same schedule and seed that used the same ViT stage (the current ablation ``res`` or an archived one)."""
     files = sorted((results_dir / "fusion_ablation" / "probes").glob("*.json"))
     if not files:
         return ""
-    lines = ["### Investigations (single runs, same shared stages A and B)", "",
-             "| probe | schedule, seed | change | " + " | ".join(SUITES) + " | run (s) |",
-             "|---|---|---|" + "---|" * len(SUITES) + "---|"]
+    lines = ["### Investigations (single runs, one change each against an ablation run)", "",
+             "| probe | schedule, seed | ViT-stage steps | change | " + " | ".join(SUITES) + " | run (s) |",
+             "|---|---|---|---|" + "---|" * len(SUITES) + "---|"]
     probes = [json.loads(f.read_text()) for f in files]
-    if res is not None:
-        for sch, seed in sorted({(p["schedule"], p.get("seed", 0)) for p in probes}):
-            for r in res.get("runs", []):
-                if r["schedule"] == sch and r["seed"] == seed:
-                    lines.append(f"| *ablation* | {sch}, {seed} | none | "
-                                 + " | ".join(f"{100 * r['final'][s]:.1f}" for s in SUITES)
-                                 + f" | {r['timing_s']['total']:.0f} |")
+    refs = ([("current", res)] if res is not None else []) + archived_ablations(results_dir)
+    seen = set()
+    for r in probes:
+        base = {k: v for k, v in r.get("config", {}).items() if k not in r.get("overrides", {}) and k != "seeds"}
+        for name, a in refs:
+            same = all(a["config"].get(k) == v for k, v in base.items())
+            key = (name, r["schedule"], r.get("seed", 0))
+            if not same or key in seen:
+                continue
+            for run in a.get("runs", []):
+                if run["schedule"] == r["schedule"] and run["seed"] == r.get("seed", 0):
+                    seen.add(key)
+                    lines.append(f"| *ablation ({name})* | {run['schedule']}, {run['seed']} | {_vit_steps(a)} | "
+                                 "none | " + " | ".join(f"{100 * run['final'][s]:.1f}" for s in SUITES)
+                                 + f" | {run['timing_s']['total']:.0f} |")
     for r in probes:
         change = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items())
-        lines.append(f"| {r.get('probe', '?')} | {r['schedule']}, {r.get('seed', 0)} | {change} | "
+        lines.append(f"| {r.get('probe', '?')} | {r['schedule']}, {r.get('seed', 0)} | {_vit_steps(r)} | {change} | "
                      + " | ".join(f"{100 * r['final'][s]:.1f}" for s in SUITES) + f" | {r['timing_s']['total']:.0f} |")
     return "\n".join([*lines, ""])
+
+
+def diagnostics_section(results_dir: Path, scale: str = "cpu") -> str:
+    """``results/fusion_ablation/diagnostics_<scale>.json`` as tables: does the model read the image?"""
+    p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
+    if not p.is_file():
+        return ""
+    d = json.loads(p.read_text())
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return "–" if not r else f"{r['matched']:.2f} / {r['mismatched']:.2f} ({r['gap']:+.2f})"
+
+    lines = ["### Does the model read the image? (`python -m k25mini.pretrain.fusion --diagnose ...`)", "",
+             "Loss (nats/token) of the text after an image with its own image / with another same-sized image "
+             "(gap): a gap of 0 means the image is ignored.", ""]
+    if d.get("stage_B"):
+        cols = sorted({k for row in d["stage_B"].values() for k in row if k != "stage_key"})
+        lines += ["| ViT stage (caption documents) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for v, row in sorted(d["stage_B"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {v} steps | " + " | ".join(cell(row.get(c)) for c in cols) + " |")
+        lines.append("")
+    if d.get("joint"):
+        cols = sorted({k for row in d["joint"].values() for k in row if k != "config_key"})
+        lines += ["| joint run (held-out suites) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for name, row in d["joint"].items():
+            lines.append(f"| {name} | " + " | ".join(cell(row.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _swarm_section() -> str | None:
@@ -242,6 +308,8 @@ def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: 
         "",
         fusion_section(res, fig_rel),
         probes_section(results_dir, res),
+        diagnostics_section(results_dir, scale),
+        archive_section(results_dir, res),
     ]
     swarm = _swarm_section()
     parts += [swarm if swarm is not None else "## Chapter 08 — agent swarm\n\n*Not generated yet "

@@ -210,3 +210,20 @@ def test_joint_training_resumes_bit_exactly(tmp_path, world):
 
 def test_resume_from_a_checkpoint_before_vision_enters(tmp_path, world):
     _resume_case(tmp_path, world, inject_at=0.5)
+
+
+def test_ablation_in_worker_processes_equals_one_process(tmp_path):
+    """``workers=2``: shared stages once, then joint runs in spawned processes — same results as one process."""
+    from k25mini.pretrain.fusion import run_ablation
+
+    cfg = config_for("smoke", joint_steps=4, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
+                     schedules=("early", "late"))
+    with pytest.raises(ValueError, match="workers"):
+        run_ablation(cfg, runs_dir=tmp_path / "r0", results_dir=tmp_path / "s0", workers=0)
+    one = run_ablation(cfg, runs_dir=tmp_path / "r1", results_dir=tmp_path / "s1")
+    seen = []
+    two = run_ablation(cfg, runs_dir=tmp_path / "r2", results_dir=tmp_path / "s2", workers=2,
+                       log=lambda sch, seed, r: seen.append((sch, seed)))
+    assert seen == [("early", 0), ("late", 0)]
+    for a, b in zip(one["runs"], two["runs"]):
+        assert (a["schedule"], a["final"], a["text_curve"]) == (b["schedule"], b["final"], b["text_curve"])

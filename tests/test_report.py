@@ -79,4 +79,41 @@ def test_probes_listed(tmp_path):
         "probe": "more_vision", "schedule": "early", "overrides": {"vision_share": 0.3},
         "final": {s: 0.5 for s in SUITES}, "timing_s": {"total": 12.0}}))
     md = report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
-    assert "| more_vision | early, 0 | vision_share=0.3 | 50.0 |" in md
+    assert "| more_vision | early, 0 | ? | vision_share=0.3 | 50.0 |" in md
+
+
+def test_probe_reference_rows_and_archive_follow_the_vit_stage(tmp_path):
+    """A probe is shown beside the ablation run that used the same shared stages (current or archived), and an
+    archived ablation gets its own Table 1 saying what differs from the current config."""
+    results = tmp_path / "results"
+    cur = _fake_results({"early": [0.4], "mid": [0.3], "late": [0.2]})
+    cur["config"] = dict(cur["config"], vit_steps=1500)
+    old = _fake_results({"early": [0.1], "mid": [0.1], "late": [0.1]})
+    old["config"], old["config_key"] = dict(old["config"], vit_steps=300), "old"
+    (results / "fusion_ablation" / "archive" / "vit300").mkdir(parents=True)
+    (results / "fusion_ablation" / "archive" / "vit300" / "fusion_ablation.json").write_text(json.dumps(old))
+    (results / "fusion_ablation_smoke.json").write_text(json.dumps(cur))
+    probes = results / "fusion_ablation" / "probes"
+    probes.mkdir(parents=True)
+    (probes / "budget.json").write_text(json.dumps({  # run on the old (300-step) ViT stage
+        "probe": "budget", "schedule": "early", "seed": 0, "overrides": {"joint_steps": 20},
+        "config": dict(old["config"], joint_steps=20), "final": {s: 0.5 for s in SUITES}, "timing_s": {"total": 3.0}}))
+    md = report.build(results, tmp_path / "docs", scale="smoke")
+    assert "| budget | early, 0 | 300 | joint_steps=20 | 50.0 |" in md
+    assert "| *ablation (vit300)* | early, 0 | 300 | none | 10.0 |" in md
+    assert "*ablation (current)*" not in md  # the current ablation used another ViT stage
+    assert "**vit300** (key `old`" in md and "vit_steps=300" in md
+    assert "| early | 10.0 ± 1.0 |" in md
+
+
+def test_diagnostics_section(tmp_path):
+    assert report.diagnostics_section(tmp_path) == ""
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    r = {"matched": 0.5, "mismatched": 0.75, "gap": 0.25, "n_items": 4, "n_tokens": 40}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({
+        "stage_B": {"1500": {"stage_key": "k", "captions": r}, "300": {"stage_key": "j", "captions": None}},
+        "joint": {"early-s0": {"config_key": "c", "VisReason": r}}}))
+    md = report.diagnostics_section(tmp_path)
+    assert md.index("| 300 steps | – |") < md.index("| 1500 steps | 0.50 / 0.75 (+0.25) |")
+    assert "| early-s0 | 0.50 / 0.75 (+0.25) |" in md

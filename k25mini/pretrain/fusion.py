@@ -25,9 +25,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing as mp
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,22 @@ import torch
 from k25mini.config import preset
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.multimodal import K25ForConditionalGeneration
+from k25mini.pretrain.diagnose import image_reliance, mismatched_pairs
 from k25mini.pretrain.docs import doc_stream
 from k25mini.pretrain.evaluate import evaluate_items, teacher_forced_exact
 from k25mini.pretrain.packing import IGNORE, MixedPacker, PackedStep
 from k25mini.pretrain.schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
 from k25mini.scale import current_scale, pick, validate_scale
 from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
-from k25mini.world import SUITES, TEXT_CORPORA, VISION_CORPORA, World, chance_baseline, make_eval_suite
+from k25mini.world import (
+    SUITES,
+    TEXT_CORPORA,
+    VISION_CORPORA,
+    World,
+    chance_baseline,
+    corpus_item,
+    make_eval_suite,
+)
 
 __all__ = [
     "FusionConfig",
@@ -64,6 +75,8 @@ __all__ = [
     "results_path",
     "load_results",
     "run_probe",
+    "diagnose",
+    "diagnostics_path",
     "speedrun_stage",
 ]
 
@@ -135,10 +148,10 @@ def config_for(scale: str | None = None, **overrides: Any) -> FusionConfig:
         rows=pick(smoke=2, cpu=4, gpu=16, scale=sc),
         seq_len=pick(smoke=160, cpu=256, gpu=512, scale=sc),
         text_steps=pick(smoke=4, cpu=1000, gpu=6000, scale=sc),
-        vit_steps=pick(smoke=3, cpu=300, gpu=1500, scale=sc),
-        joint_steps=pick(smoke=10, cpu=400, gpu=4000, scale=sc),
+        vit_steps=pick(smoke=3, cpu=1500, gpu=1500, scale=sc),
+        joint_steps=pick(smoke=10, cpu=1000, gpu=4000, scale=sc),
         warmup=pick(smoke=1, cpu=20, gpu=100, scale=sc),
-        track_every=pick(smoke=5, cpu=25, gpu=200, scale=sc),
+        track_every=pick(smoke=5, cpu=50, gpu=200, scale=sc),
         eval_items=pick(smoke=4, cpu=64, gpu=128, scale=sc),
         max_new_tokens=pick(smoke=4, cpu=28, gpu=28, scale=sc),
     )
@@ -408,14 +421,39 @@ def load_results(scale: str | None = None, results_dir: Path | None = None) -> d
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _run_joint_process(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None, results_dir: Path | None,
+                       force: bool, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return run_joint(cfg, schedule, seed, runs_dir, results_dir, force=force)
+
+
 def run_ablation(cfg: FusionConfig | None = None, runs: list[tuple[str, int]] | None = None,
                  runs_dir: Path | None = None, results_dir: Path | None = None, force: bool = False,
-                 callbacks=()) -> dict[str, Any]:
-    """Every (schedule, seed) of ``cfg`` (or just ``runs``); finished runs with the same config are reused."""
+                 callbacks=(), workers: int = 1, log=None) -> dict[str, Any]:
+    """Every (schedule, seed) of ``cfg`` (or just ``runs``); finished runs with the same config are reused.
+
+    ``workers`` > 1: stages A and B are trained first (once), then the joint runs go to that many spawned
+    processes with one thread each (runs are independent and deterministic: the results equal one process's;
+    ``callbacks`` are not sent to the workers)."""
     cfg = config_for() if cfg is None else cfg
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     todo = runs if runs is not None else [(s, k) for s in cfg.schedules for k in cfg.seeds]
-    for sch, seed in todo:
-        run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force)
+    if workers == 1 or len(todo) < 2:
+        for sch, seed in todo:
+            r = run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force)
+            if log is not None:
+                log(sch, seed, r)
+    else:
+        stage_vit(cfg, runs_dir)
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as ex:
+            futures = [(sch, seed, ex.submit(_run_joint_process, cfg, sch, seed, runs_dir, results_dir, force, 1))
+                       for sch, seed in todo]
+            for sch, seed, f in futures:
+                r = f.result()
+                if log is not None:
+                    log(sch, seed, r)
     return aggregate(cfg, results_dir)
 
 
@@ -436,6 +474,61 @@ def run_probe(name: str, schedule: str, seed: int, results_dir: Path | None = No
     return r
 
 
+VISION_SUITES: tuple[str, ...] = tuple(s for s in SUITES if s not in TEXT_SUITES)
+#: caption documents for the ViT-stage check come from corpus rows far beyond any stage's training rows
+_DIAG_ROW0 = 10**6
+
+
+def diagnostics_path(scale: str, results_dir: Path | None = None) -> Path:
+    return _results_dir(results_dir) / "fusion_ablation" / f"diagnostics_{scale}.json"
+
+
+def _reliance(model, tok: Tokenizer, items: list) -> dict[str, Any] | None:
+    """image_reliance, or None when no two items' media have the same size (nothing to swap)."""
+    return image_reliance(model, tok, items) if mismatched_pairs(items, model.media_token_counts) else None
+
+
+def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path | None = None,
+             results_dir: Path | None = None, n_items: int = 48) -> dict[str, Any]:
+    """Does the model read the image (:func:`k25mini.pretrain.diagnose.image_reliance`)?
+
+    * ``stage_B[<vit_steps>]``: the ViT-stage checkpoint of ``cfg`` with each listed ``vit_steps`` (when trained),
+      on ``n_items`` unseen caption documents per ViT corpus;
+    * ``joint[<schedule>-s<seed>]``: every finished joint run of ``cfg``, on the held-out vision suites.
+    An entry is None when no two of its documents have same-sized media.
+    Merged into ``results/fusion_ablation/diagnostics_<scale>.json`` (written atomically) and returned."""
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 2:
+        raise ValueError(f"n_items must be an int >= 2, got {n_items!r}")
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    for v in vit_steps:
+        c = dataclasses.replace(cfg, vit_steps=int(v))
+        d = _stage_dir(c, "B", runs_dir)
+        if not _finished(d, c.vit_steps):
+            continue
+        model = _new_model(c, c.stage_seed)
+        load_weights(model, d)
+        row = {}
+        for corpus in VIT_CORPORA:
+            items = [corpus_item(world, corpus, _DIAG_ROW0 + i) for i in range(n_items)]
+            items = [it for it in items if it.meta.get("skill") in VIT_SKILLS]
+            row[corpus] = _reliance(model, tok, items)
+        out.setdefault("stage_B", {})[str(v)] = {"stage_key": c.stage_key("B"), **row}
+    evals = _eval_sets(cfg)
+    for sch in cfg.schedules:
+        for seed in cfg.seeds:
+            d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
+            if not _finished(d, cfg.joint_steps):
+                continue
+            model = _new_model(cfg, seed)
+            load_weights(model, d)
+            out.setdefault("joint", {})[f"{sch}-s{seed}"] = {
+                "config_key": cfg.key(), **{s: _reliance(model, tok, evals[s]) for s in VISION_SUITES}}
+    _write_json(path, out)
+    return out
+
+
 def speedrun_stage() -> dict[str, str]:
     """``make speedrun`` stage: the fusion ablation at the current scale (reusing matching results)."""
     cfg = config_for()
@@ -453,10 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="*", help="schedule:seed pairs (default: all)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="joint runs in this many processes (one thread each)")
     ap.add_argument("--force", action="store_true", help="recompute runs even when results match")
     ap.add_argument("--stages-only", action="store_true", help="only train the shared stages A and B")
     ap.add_argument("--probe", nargs=3, metavar=("NAME", "SCHEDULE", "SEED"), help="an investigation run")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for --probe, e.g. joint_steps=800")
+    ap.add_argument("--diagnose", nargs="*", type=int, metavar="VIT_STEPS",
+                    help="image-reliance check of the ViT stages with these vit_steps and of the finished joint runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -467,6 +563,14 @@ def main(argv: list[str] | None = None) -> int:
         stage_vit(cfg)
         print(f"stages A+B done in {time.perf_counter() - t0:.0f} s", flush=True)
         return 0
+    if a.diagnose is not None:
+        d = diagnose(cfg, tuple(a.diagnose))
+        for name, row in {**{f"B vit_steps={k}": v for k, v in d.get("stage_B", {}).items()},
+                          **d.get("joint", {})}.items():
+            print(name + ": " + "  ".join(f"{k} {r['matched']:.2f}/{r['mismatched']:.2f}" for k, r in row.items()
+                                          if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
+        print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
+        return 0
     if a.probe:
         over = {k: type(getattr(cfg, k))(v) for k, v in (kv.split("=") for kv in a.set)}
         r = run_probe(a.probe[0], a.probe[1], int(a.probe[2]), **over)
@@ -474,10 +578,12 @@ def main(argv: list[str] | None = None) -> int:
               + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
         return 0
     todo = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
-    for sch, seed in todo or [(s, k) for s in cfg.schedules for k in cfg.seeds]:
-        r = run_joint(cfg, sch, seed, force=a.force)
+
+    def show(sch: str, seed: int, r: dict[str, Any]) -> None:
         print(f"{sch} seed {seed}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
               + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
+
+    run_ablation(cfg, todo, force=a.force, workers=a.workers, log=show)
     aggregate(cfg)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
