@@ -583,8 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sch} seed {seed}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
               + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
 
-    run_ablation(cfg, todo, force=a.force, workers=a.workers, log=show)
-    aggregate(cfg)
+    run_ablation(cfg, todo, force=a.force, workers=a.workers, log=show)  # writes the aggregated results too
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
