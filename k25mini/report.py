@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from k25mini.world import SUITES
+from k25mini.world import SUITES, TWINS
 
 __all__ = ["PAPER_TABLE1", "fusion_section", "pairwise_lines", "probes_section", "text_curve_figure", "ordering",
-           "archived_ablations", "archive_section", "diagnostics_section", "build", "main"]
+           "archived_ablations", "archive_section", "diagnostics_section", "skill_lines", "skills_section", "build",
+           "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +154,7 @@ def fusion_section(res: dict[str, Any] | None, figure_rel: str | None = None) ->
             lines.append(f"| {s} | {paper_order[s]} | {our_order[s]} | "
                          f"{'yes' if paper_order[s] == our_order[s] else 'no'} | {'yes' if beats else 'no'} |")
         lines.append("")
+        lines += skill_lines(res)
         lines += pairwise_lines(res)
         lines += ["Per-seed values (for judging the spread):", ""]
         for sch, row in table.items():
@@ -166,6 +168,27 @@ def fusion_section(res: dict[str, Any] | None, figure_rel: str | None = None) ->
     lines += ["", "Per-run timings (s): " + "; ".join(
         f"{sch} " + ", ".join(f"{t:.0f}" for t in row["run_seconds"]) for sch, row in table.items()), ""]
     return "\n".join(lines)
+
+
+def skill_lines(res: dict[str, Any]) -> list[str]:
+    """Per-skill tables (mean ± std over seeds) for the suites made of several skills, with each skill's chance:
+    a suite mean near chance can hide one learned skill among unlearned ones."""
+    table, chance = res["table"], res.get("chance_by_skill")
+    if chance is None or not all("by_skill" in row for row in table.values()):
+        return []
+    out: list[str] = []
+    for suite in SUITES:
+        skills = list(chance.get(suite, {}))
+        if len(skills) < 2:
+            continue
+        out += [f"**{suite} by skill** (%, ~{res['config']['eval_items'] // len(skills)} items per skill):", "",
+                "| schedule | " + " | ".join(skills) + " |", "|---|" + "---|" * len(skills)]
+        for sch, row in table.items():
+            by = row["by_skill"][suite]
+            out.append(f"| {sch} | " + " | ".join(f"{100 * by[k]['mean']:.1f} ± {100 * by[k]['std']:.1f}"
+                                                  for k in skills) + " |")
+        out += ["| chance | " + " | ".join(f"{100 * chance[suite][k]:.1f}" for k in skills) + " |", ""]
+    return out
 
 
 def pairwise_lines(res: dict[str, Any]) -> list[str]:
@@ -188,6 +211,15 @@ def pairwise_lines(res: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+#: config fields added after results were first written, with the value those older results ran with
+LEGACY_CONFIG = {"data_version": 1, "vit_align": "frozen", "proj_steps": 0}
+
+
+def _config(r: dict[str, Any]) -> dict[str, Any]:
+    """A result's config with the fields it predates filled in (so that older results compare correctly)."""
+    return {**LEGACY_CONFIG, **r.get("config", {})}
+
+
 def _vit_steps(r: dict[str, Any]) -> Any:
     return r.get("config", {}).get("vit_steps", "?")
 
@@ -205,7 +237,8 @@ def archive_section(results_dir: Path, res: dict[str, Any] | None = None) -> str
         return ""
     lines = ["### Earlier ablations (kept in `results/fusion_ablation/archive/`)", ""]
     for name, a in arch:
-        diff = {k: v for k, v in a["config"].items() if res is None or res["config"].get(k) != v}
+        cur = _config(res) if res is not None else {}
+        diff = {k: v for k, v in _config(a).items() if res is None or cur.get(k) != v}
         seeds = sorted({r["seed"] for r in a.get("runs", [])})
         lines += [f"**{name}** (key `{a['config_key']}`, seeds {seeds}; differs from the current "
                   f"config in: {', '.join(f'{k}={v}' for k, v in diff.items()) or 'nothing'})", "",
@@ -231,9 +264,9 @@ def probes_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
     refs = ([("current", res)] if res is not None else []) + archived_ablations(results_dir)
     seen = set()
     for r in probes:
-        base = {k: v for k, v in r.get("config", {}).items() if k not in r.get("overrides", {}) and k != "seeds"}
+        base = {k: v for k, v in _config(r).items() if k not in r.get("overrides", {}) and k != "seeds"}
         for name, a in refs:
-            same = all(a["config"].get(k) == v for k, v in base.items())
+            same = all(_config(a).get(k) == v for k, v in base.items())
             key = (name, r["schedule"], r.get("seed", 0))
             if not same or key in seen:
                 continue
@@ -266,14 +299,59 @@ def diagnostics_section(results_dir: Path, scale: str = "cpu") -> str:
     if d.get("stage_B"):
         cols = sorted({k for row in d["stage_B"].values() for k in row if k != "stage_key"})
         lines += ["| ViT stage (caption documents) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for v, row in sorted(d["stage_B"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {v} steps | " + " | ".join(cell(row.get(c)) for c in cols) + " |")
+        for v, row in sorted(d["stage_B"].items(), key=lambda kv: (int(kv[0].split()[0]), kv[0])):
+            lines.append(f"| {v.replace(' ', ' steps ', 1) if ' ' in v else v + ' steps'} | "
+                         + " | ".join(cell(row.get(c)) for c in cols) + " |")
         lines.append("")
     if d.get("joint"):
         cols = sorted({k for row in d["joint"].values() for k in row if k != "config_key"})
         lines += ["| joint run (held-out suites) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for name, row in d["joint"].items():
             lines.append(f"| {name} | " + " | ".join(cell(row.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _run_order(name: str) -> tuple:
+    """The current ablation's runs first (early, mid, late; by seed), then every other model by name."""
+    sch, _, seed = name.partition("-s")
+    if sch in PAPER_SETUP and seed.isdigit():
+        return (0, list(PAPER_SETUP).index(sch), int(seed), "")
+    return (1, 0, 0, name)
+
+
+def skills_section(results_dir: Path, scale: str = "cpu") -> str:
+    """Per-skill check (``--skills N``) from the diagnostics JSON: score per skill with its chance, many items each."""
+    p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
+    rows = json.loads(p.read_text()).get("skills", {}) if p.is_file() else {}
+    lines: list[str] = []
+    for suite, models in rows.items():
+        skills = [k for k, v in next(iter(models.values())).items() if isinstance(v, dict)]
+        n = next(iter(models.values()))[skills[0]]["n"]
+        lines += [f"### {suite} skill by skill (`--skills {n}`: {n} fresh held-out items per skill, greedy; "
+                  "in brackets: chance)", "",
+                  "| model | " + " | ".join(skills) + " | mean | mean chance |", "|---|" + "---|" * (len(skills) + 2)]
+        for name, row in sorted(models.items(), key=lambda kv: _run_order(kv[0])):
+            sc = [row[k]["score"] for k in skills]
+            ch = [row[k]["chance"] for k in skills]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * a:.0f} ({100 * b:.0f})" for a, b in zip(sc, ch))
+                         + f" | **{100 * sum(sc) / len(sc):.1f}** | {100 * sum(ch) / len(ch):.1f} |")
+        lines.append("")
+    vis, txt = rows.get("VisReason", {}), rows.get("TextReason", {})
+    pairs = [(v, t) for v, t in TWINS.items() if vis and v in next(iter(vis.values()))]
+    both = sorted((m for m in vis if m in txt), key=_run_order)
+    if both and pairs:
+        lines += ["**Each visual skill beside its text twin** (the same question about a scene written out as "
+                  "text; score − chance in points): a visual skill can only be as good as the language model "
+                  "is at the same task in text.", "",
+                  "| model | " + " | ".join(f"{v} / {t}" for v, t in pairs) + " |", "|---|" + "---|" * len(pairs)]
+        for m in both:
+            cells = []
+            for v, t in pairs:
+                a, b = vis[m][v], txt[m].get(t)
+                gain = lambda r: 100 * (r["score"] - r["chance"])  # noqa: E731
+                cells.append(f"{gain(a):+.0f} / {gain(b):+.0f}" if b else f"{gain(a):+.0f} / –")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -309,6 +387,7 @@ def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: 
         fusion_section(res, fig_rel),
         probes_section(results_dir, res),
         diagnostics_section(results_dir, scale),
+        skills_section(results_dir, scale),
         archive_section(results_dir, res),
     ]
     swarm = _swarm_section()

@@ -88,9 +88,47 @@ def test_fusion_diagnose_writes_stage_and_joint_rows(tmp_path):
     stage_vit(cfg, tmp_path / "runs")
     run_joint(cfg, "early", 0, tmp_path / "runs", tmp_path / "res")
     out = diagnose(cfg, (cfg.vit_steps, 999), tmp_path / "runs", tmp_path / "res", n_items=8)
-    assert list(out["stage_B"]) == [str(cfg.vit_steps)]  # 999 was never trained: skipped, not trained here
+    label = f"{cfg.vit_steps} (decoder, data v{cfg.data_version})"
+    # 999 was never trained: skipped, not trained here; B1 is read by its own decoder, B by A's language model
+    assert list(out["stage_B"]) == [f"{label} B1, own decoder", label]
+    assert out["stage_B"][label]["stage_key"] == cfg.stage_key("B")
+    assert out["stage_B"][f"{label} B1, own decoder"]["stage_key"] == cfg.stage_key("B1")
     assert set(out["joint"]) == {"early-s0"} and set(out["joint"]["early-s0"]) >= {"VisKnow", "VisReason", "OCR"}
-    rows = [r for r in [*out["stage_B"][str(cfg.vit_steps)].values(), *out["joint"]["early-s0"].values()]
+    rows = [r for r in [*out["stage_B"][label].values(), *out["joint"]["early-s0"].values()]
             if isinstance(r, dict)]
     assert rows and all(r["n_items"] >= 2 for r in rows)  # unpairable sets are None, never a fake zero gap
+    assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+
+
+def test_skill_scores_against_a_loop_and_bad_inputs(world, model):
+    """Per-skill scores equal a plain loop over the same items; chance is in [0, 1]; bad arguments name themselves."""
+    from k25mini.pretrain.diagnose import skill_scores
+    from k25mini.pretrain.evaluate import greedy_answer
+    from k25mini.world import SUITE_SKILLS, score
+    from k25mini.world.rng import rng_for
+
+    out = skill_scores(model, TOK, world, "VisReason", 2, max_new_tokens=3)
+    assert list(out) == list(SUITE_SKILLS["VisReason"])
+    for skill, row in out.items():
+        items = [world.sample(skill, "eval", rng_for(world.seed, "skill-check", skill, i)) for i in range(2)]
+        want = sum(score(it, greedy_answer(model, TOK, it, 3)) for it in items) / 2
+        assert row["score"] == pytest.approx(want) and 0.0 <= row["chance"] <= 1.0 and row["n"] == 2
+    with pytest.raises(ValueError, match="suite"):
+        skill_scores(model, TOK, world, "Vibes", 2)
+    with pytest.raises(ValueError, match="n_per_skill"):
+        skill_scores(model, TOK, world, "OCR", 0)
+
+
+def test_fusion_skill_check_merges_rows(tmp_path):
+    from k25mini.pretrain.fusion import config_for, diagnostics_path, run_joint, skill_check
+
+    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
+                     schedules=("late",))
+    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
+    d = tmp_path / "runs" / "smoke" / cfg.key() / "joint" / "late-s0"
+    out = skill_check(cfg, 1, extra={"again": d}, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    rows = out["skills"]["VisReason"]
+    assert set(rows) == {"late-s0", "again"} and rows["late-s0"]["config_key"] == cfg.key()
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("config_key", "checkpoint")}  # noqa: E731
+    assert strip(rows["late-s0"]) == strip(rows["again"])  # same checkpoint, same items: same scores
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out

@@ -5,7 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from k25mini.world import SUITE_SKILLS, SUITES, Item, World, chance_baseline, make_eval_suite, random_guess, score
+from k25mini.world import (
+    SUITE_SKILLS,
+    SUITES,
+    Item,
+    World,
+    chance_baseline,
+    chance_by_skill,
+    make_eval_suite,
+    random_guess,
+    score,
+)
 from k25mini.world.scoring import levenshtein, parse_boxes, score_count, score_edit, score_exact, score_iou_f1
 
 MALFORMED = [
@@ -184,3 +194,23 @@ def test_random_guess_is_well_formed(suites):
         for it in items:
             g = random_guess(it, rng)
             assert isinstance(g, str) and g
+
+
+def test_chance_by_skill_and_suite_size():
+    world = World(seed=0, scale="smoke")
+    for n in (6, 13):
+        items = make_eval_suite(world, "VisReason", n)
+        per = chance_by_skill("VisReason", scale="smoke", n=n)
+        assert set(per) == {it.meta["skill"] for it in items}
+        counts = {k: sum(it.meta["skill"] == k for it in items) for k in per}
+        # the suite's chance is the item-weighted mean of its skills' chance
+        assert chance_baseline("VisReason", scale="smoke", n=n) == pytest.approx(
+            sum(per[k] * counts[k] for k in per) / n, abs=1e-12)
+        assert all(0.0 <= v <= 1.0 for v in per.values())
+    assert chance_by_skill("VisReason", scale="smoke")["compare"] > 0.3  # two choices
+    assert chance_baseline("OCR", scale="smoke", n=None) == chance_baseline("OCR", scale="smoke")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n must be"):
+            chance_baseline("OCR", scale="smoke", n=bad)
+    with pytest.raises(ValueError, match="suite"):
+        chance_by_skill("Vibes", scale="smoke")

@@ -133,6 +133,20 @@ def test_teacher_forced_exact_matches_greedy_generation(world, model):
         evaluate_items(m, TOK, [])
 
 
+def test_data_version_keys_and_guard(tmp_path):
+    from k25mini.pretrain.fusion import DATA_VERSION, stage_vit
+
+    new, old = config_for("smoke"), config_for("smoke", data_version=1)
+    assert new.data_version == DATA_VERSION >= 2
+    # the world's documents changed: stage B and every joint run are recomputed, stage A (text only) is reused
+    assert new.stage_key("A") == old.stage_key("A")
+    assert new.stage_key("B") != old.stage_key("B") and new.key() != old.key()
+    for fn in (lambda: stage_vit(old, tmp_path), lambda: run_joint(old, "early", 0, tmp_path, tmp_path)):
+        with pytest.raises(ValueError, match="data_version"):
+            fn()
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_config_key_tracks_what_matters():
     a, b = config_for("smoke"), config_for("smoke", seeds=(5,))
     assert a.key() == b.key()  # the seed list does not change a run's config
@@ -155,6 +169,16 @@ def test_smoke_run_end_to_end_and_reuse(tmp_path):
     assert agg["complete"] and agg["table"]["late"]["seeds"] == [0]
     saved = json.loads((tmp_path / "res" / "fusion_ablation_smoke.json").read_text())
     assert saved["config_key"] == cfg.key() and set(saved["chance"]) == set(r["final"])
+    # per-skill scores: one entry per skill of the evaluated items, averaging to the suite score
+    world = World(cfg.world_seed, scale="smoke")
+    for s, items in ((s, make_eval_suite(world, s, cfg.eval_items)) for s in r["final"]):
+        per = r["final_by_skill"][s]
+        assert set(per) == {it.meta["skill"] for it in items}
+        n = {k: sum(it.meta["skill"] == k for it in items) for k in per}
+        assert sum(per[k] * n[k] for k in per) / len(items) == pytest.approx(r["final"][s])
+        assert set(saved["chance_by_skill"][s]) == set(per)
+    assert agg["table"]["late"]["by_skill"]["VisReason"] == {
+        k: {"mean": v, "std": 0.0} for k, v in r["final_by_skill"]["VisReason"].items()}
     with pytest.raises(ValueError, match="schedule"):
         run_joint(cfg, "sideways", 0, tmp_path / "runs", tmp_path / "res")
 
@@ -227,3 +251,42 @@ def test_ablation_in_worker_processes_equals_one_process(tmp_path):
     assert seen == [("early", 0), ("late", 0)]
     for a, b in zip(one["runs"], two["runs"]):
         assert (a["schedule"], a["final"], a["text_curve"]) == (b["schedule"], b["final"], b["text_curve"])
+
+
+def test_two_step_vit_stage_keeps_the_language_model_and_b1_encoder(tmp_path):
+    """B1 trains ViT + projector through a throwaway trainable copy of A's LM; B2 trains only the projector into
+    A's frozen LM. The finished B checkpoint: A's LM exactly, B1's encoder exactly, a re-trained projector."""
+    from k25mini.pretrain.fusion import _stage_dir, stage_text, stage_vit
+    from k25mini.train.checkpoint import load_weights
+
+    cfg = config_for("smoke", vit_steps=2, proj_steps=2)
+    b = stage_vit(cfg, tmp_path)
+    models = {}
+    for name, path in (("A", stage_text(cfg, tmp_path)), ("B1", _stage_dir(cfg, "B1", tmp_path)), ("B", b)):
+        m = K25ForConditionalGeneration(nano())
+        load_weights(m, path)
+        models[name] = m.state_dict()
+    lm = [k for k in models["A"] if k.startswith("language_model.")]
+    enc = [k for k in models["A"] if k.startswith("vision_tower.") and ".projector." not in k]
+    proj = [k for k in models["A"] if ".projector." in k]
+    assert lm and enc and proj
+    assert all(torch.equal(models["B"][k], models["A"][k]) for k in lm)
+    assert not all(torch.equal(models["B1"][k], models["A"][k]) for k in lm)  # the decoder copy did train
+    assert all(torch.equal(models["B"][k], models["B1"][k]) for k in enc)
+    assert not all(torch.equal(models["B"][k], models["B1"][k]) for k in proj)
+    assert stage_vit(cfg, tmp_path) == b  # finished: reused
+
+
+def test_vit_stage_keys_and_bad_settings():
+    base = config_for("smoke")
+    assert base.vit_align == "decoder"
+    more = config_for("smoke", proj_steps=base.proj_steps + 1)
+    assert more.stage_key("B1") == base.stage_key("B1") and more.stage_key("B") != base.stage_key("B")
+    frozen = config_for("smoke", vit_align="frozen")
+    assert frozen.stage_key("B") != base.stage_key("B") and frozen.key() != base.key()
+    # proj_steps means nothing to the one-step stage: it does not enter its keys
+    assert config_for("smoke", vit_align="frozen", proj_steps=0).stage_key("B") == frozen.stage_key("B")
+    for bad in ({"vit_align": "thawed"}, {"proj_steps": 0}, {"proj_steps": 1.5}, {"vit_steps": 0},
+                {"joint_steps": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            config_for("smoke", **bad)

@@ -117,3 +117,34 @@ def test_diagnostics_section(tmp_path):
     md = report.diagnostics_section(tmp_path)
     assert md.index("| 300 steps | – |") < md.index("| 1500 steps | 0.50 / 0.75 (+0.25) |")
     assert "| early-s0 | 0.50 / 0.75 (+0.25) |" in md
+
+
+def test_skill_tables_only_when_every_row_has_them():
+    res = _fake_results({"early": [0.3, 0.32], "late": [0.1, 0.1]})
+    assert report.skill_lines(res) == []  # older results: no per-skill scores
+    res["chance_by_skill"] = {"VisReason": {"count": 0.25, "box": 0.02}, "OCR": {"ocr": 0.06}}
+    for row in res["table"].values():
+        row["by_skill"] = {"VisReason": {"count": {"mean": 0.5, "std": 0.1}, "box": {"mean": 0.0, "std": 0.0}},
+                           "OCR": {"ocr": {"mean": 0.1, "std": 0.0}}}
+    md = "\n".join(report.skill_lines(res))
+    assert "**VisReason by skill**" in md and "OCR by skill" not in md  # one-skill suites are not split
+    assert "| early | 50.0 ± 10.0 | 0.0 ± 0.0 |" in md and "| chance | 25.0 | 2.0 |" in md
+    del res["table"]["late"]["by_skill"]
+    assert report.skill_lines(res) == []
+
+
+def test_skills_section(tmp_path):
+    assert report.skills_section(tmp_path) == ""
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    row = {"config_key": None, "checkpoint": "x", "count": {"score": 0.5, "chance": 0.25, "n": 40},
+           "box": {"score": 0.0, "chance": 0.01, "n": 40}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"skills": {"VisReason": {"early-s0": row}}}))
+    md = report.skills_section(tmp_path)
+    assert "--skills 40" in md and "| early-s0 | 50 (25) | 0 (1) | **25.0** | 13.0 |" in md
+    assert "text twin" not in md  # no TextReason rows yet
+    twin = {"config_key": None, "checkpoint": "x", "count_list": {"score": 0.75, "chance": 0.25, "n": 40}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"skills": {"VisReason": {"early-s0": row},
+                                                                   "TextReason": {"early-s0": twin}}}))
+    md = report.skills_section(tmp_path)
+    assert "| model | count / count_list |" in md and "| early-s0 | +25 / +50 |" in md

@@ -252,3 +252,20 @@ def test_bias_update_balances_a_skewed_stream():
     after = imbalance()
     assert before > 2.0, before
     assert after < 1.3, after
+
+
+def test_frozen_layer_keeps_its_bias():
+    """A layer whose router weight does not require grad (a frozen language model) keeps its selection bias;
+    the load accumulator is still reset."""
+    torch.manual_seed(6)
+    cfg = tiny_cfg(bias_update_rate=0.01)
+    m = MoELayer(cfg, backend="torch")
+    m.requires_grad_(False)
+    m(torch.randn(11, cfg.hidden_size))
+    assert int(m.load_accum.sum()) > 0
+    update_moe_biases(m)
+    assert torch.count_nonzero(m.router.e_score_correction_bias) == 0 and int(m.load_accum.sum()) == 0
+    m.requires_grad_(True)
+    m(torch.randn(11, cfg.hidden_size))
+    update_moe_biases(m)
+    assert torch.count_nonzero(m.router.e_score_correction_bias) > 0

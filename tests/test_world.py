@@ -256,3 +256,35 @@ def test_suite_skills_and_twins_are_consistent():
     for vis, txt in TWINS.items():
         assert SKILLS[txt].modality == "text"
         assert vis in SKILLS
+
+
+def test_grounding_caption_states_each_objects_cell_and_box():
+    """caption_ground rows: one 'colour shape at r c: x0 y0 x1 y1' per object, in reading order, agreeing with
+    the render's truth (boxes in tenths, as the box skill answers)."""
+    from k25mini.world import corpus_item
+    from k25mini.world.render import boxes_to_tenths
+
+    w = World(seed=0, scale="smoke")
+    seen = 0
+    for i in range(200):
+        it = corpus_item(w, "captions", i)
+        if it.meta["skill"] != "caption_ground":
+            continue
+        seen += 1
+        img = it.images[0]
+        objs = it.meta["truth"]["objects"]
+        parts = it.prompt.split("<|media_end|>")[1].rstrip(".").split("; ")
+        assert len(parts) == len(objs) >= 1 and "?" not in it.prompt  # a caption, never a question
+        cells = []
+        for part in parts:
+            look, rest = part.split(" at ")
+            cell, box = rest.split(": ")
+            colour, shape = look.split(" ")
+            r, c = (int(v) for v in cell.split())
+            box = [int(v) for v in box.split()]
+            cands = [o for o in objs if (o["colour"], o["shape"], o["cell"]) == (colour, shape, [r, c])]
+            assert any(boxes_to_tenths([o["box"]], img.shape[0], img.shape[1])[0] == box for o in cands), part
+            cells.append((r, c))
+        assert cells == sorted(cells)
+    assert seen >= 10
+

@@ -102,8 +102,12 @@ class MoELayer(nn.Module):
         """Aux-loss-free update from the loads accumulated since the last call, then reset the accumulator.
 
         Loads are summed over ``group`` (or, when the layer is expert-parallel, over its expert-parallel group)
-        so every replica applies the same update.
+        so every replica applies the same update. A frozen layer (router weight with ``requires_grad=False``, e.g.
+        the language model during a ViT-only stage) keeps its bias: frozen means unchanged.
         """
+        if not self.router.weight.requires_grad:
+            self.load_accum.zero_()
+            return
         load = self.load_accum.clone()
         if group is None and isinstance(self.dispatcher, AllToAllDispatcher):
             group = self.dispatcher.group

@@ -20,7 +20,7 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import item_to_doc
 from k25mini.world import Item
 
-__all__ = ["image_reliance", "mismatched_pairs"]
+__all__ = ["image_reliance", "mismatched_pairs", "skill_scores"]
 
 
 def mismatched_pairs(items: Sequence[Item], counts_fn) -> list[tuple[int, int]]:
@@ -74,3 +74,27 @@ def image_reliance(model, tok: Tokenizer, items: Sequence[Item]) -> dict[str, An
         raise ValueError("items have no text after their media")
     m, mm = tot["matched"] / n_tok, tot["mismatched"] / n_tok
     return {"matched": m, "mismatched": mm, "gap": mm - m, "n_items": len(pairs), "n_tokens": n_tok}
+
+
+def skill_scores(model, tok: Tokenizer, world, suite: str, n_per_skill: int, max_new_tokens: int = 28,
+                 tag: str = "skill-check") -> dict[str, dict[str, float]]:
+    """Greedy score and chance per skill of ``suite`` on ``n_per_skill`` fresh held-out items of each skill
+    (drawn from ``rng_for(world.seed, tag, skill, i)``): a suite of 64-128 items holds only ~10-20 per skill,
+    too few to tell a skill at chance from one slightly above it. Chance: the mean score of 16 random
+    well-formed answers per item (:func:`k25mini.world.random_guess`)."""
+    from k25mini.pretrain.evaluate import greedy_answer
+    from k25mini.world import SUITE_SKILLS, random_guess, score
+    from k25mini.world.rng import rng_for
+
+    if suite not in SUITE_SKILLS:
+        raise ValueError(f"suite must be one of {sorted(SUITE_SKILLS)}, got {suite!r}")
+    if isinstance(n_per_skill, bool) or not isinstance(n_per_skill, int) or n_per_skill < 1:
+        raise ValueError(f"n_per_skill must be an int >= 1, got {n_per_skill!r}")
+    out = {}
+    for skill in SUITE_SKILLS[suite]:
+        items = [world.sample(skill, "eval", rng_for(world.seed, tag, skill, i)) for i in range(n_per_skill)]
+        rng = rng_for(world.seed, tag, "chance", skill)
+        chance = sum(score(it, random_guess(it, rng)) for it in items for _ in range(16)) / (16 * len(items))
+        got = sum(score(it, greedy_answer(model, tok, it, max_new_tokens)) for it in items) / len(items)
+        out[skill] = {"score": float(got), "chance": float(chance), "n": n_per_skill}
+    return out

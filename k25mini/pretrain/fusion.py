@@ -3,8 +3,12 @@
 Stages (paper Table 3, shrunk):
 
 * **A, text** - the K2 backbone pre-trained on the text corpora only (the "near-end K2 checkpoint").
-* **B, ViT** - the vision tower + projector trained with a caption loss (next-token loss on the text of
-  caption-style image-text documents) while the language model is frozen.
+* **B, ViT** - the vision tower trained with a caption loss (next-token loss on the text of caption-style
+  image-text documents), in the paper's two steps: **B1** aligns ViT + projector to a *caption decoder* (a
+  trainable copy of A's language model, thrown away afterwards - the paper aligns its ViT to another LLM,
+  Moonlight), then **B2** trains only the projector into A's frozen language model. ``vit_align="frozen"``
+  instead trains ViT + projector directly through A's frozen language model (the first design: a ~0.5M
+  text-only LM is too weak a decoder for that, see docs/reproduction.md).
 * **joint** - from B, everything trained on a fixed token budget mixed by a
   :class:`~k25mini.pretrain.schedule.FusionSchedule` (early / mid / late, identical totals).
 
@@ -53,6 +57,7 @@ from k25mini.world import (
     VISION_CORPORA,
     World,
     chance_baseline,
+    chance_by_skill,
     corpus_item,
     make_eval_suite,
 )
@@ -84,7 +89,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXT_SUITES: tuple[str, ...] = ("TextKnow", "TextReason", "Code")
 # the ViT stage's "caption loss": caption-style rows only (what is in the picture), never Q&A
 VIT_CORPORA: tuple[str, ...] = ("captions", "ocr", "charts", "video")
-VIT_SKILLS = frozenset({"caption_entity", "caption_scene", "chart_caption", "video_caption", "ocr"})
+VIT_SKILLS = frozenset({"caption_entity", "caption_scene", "caption_ground", "chart_caption", "video_caption", "ocr"})
+#: version of the world's vision documents (bump when a corpus changes: it invalidates stage B and every joint run)
+#: 1: captions without positions; 2: + grounding captions (objects with cell and box) in stage B and the joint mix
+DATA_VERSION = 2
+VIT_ALIGN: tuple[str, ...] = ("decoder", "frozen")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,18 @@ class FusionConfig:
     stage_seed: int = 0  # seed of the shared stages A and B
     seeds: tuple[int, ...] = (0, 1, 2)
     schedules: tuple[str, ...] = ("early", "mid", "late")
+    data_version: int = DATA_VERSION
+    vit_align: str = "decoder"  # "decoder": B1 (ViT + projector via a trainable LM copy) + B2; "frozen": one step
+    proj_steps: int = 300  # B2: projector-only steps into the frozen language model (vit_align="decoder")
+
+    def __post_init__(self) -> None:
+        if self.vit_align not in VIT_ALIGN:
+            raise ValueError(f"vit_align must be one of {VIT_ALIGN}, got {self.vit_align!r}")
+        for name in ("text_steps", "vit_steps", "joint_steps", "proj_steps"):
+            v = getattr(self, name)
+            low = 1 if name != "proj_steps" or self.vit_align == "decoder" else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -122,21 +143,28 @@ class FusionConfig:
         return d
 
     def stage_key(self, stage: str) -> str:
-        """Hash of the fields stage ``"A"`` (text) or ``"B"`` (ViT, includes A's) depends on, so changing only
-        the joint stage reuses the shared checkpoints."""
+        """Hash of the fields stage ``"A"`` (text), ``"B1"`` (ViT via the caption decoder) or ``"B"`` (the finished
+        ViT stage) depends on (each includes the earlier ones'), so changing only the joint stage reuses the
+        shared checkpoints."""
         d = self.to_dict()
         fields = ["scale", "preset", "rows", "seq_len", "text_steps", "optimizer", "text_lr", "warmup", "world_seed",
                   "stage_seed"]
-        if stage == "B":
-            fields += ["vit_steps", "vit_lr"]
+        if stage in ("B", "B1"):
+            fields += ["vit_steps", "vit_lr"] + (["data_version"] if d["data_version"] != 1 else [])
+            if self.vit_align != "frozen":  # (frozen keys stay those of results made before the two-step stage)
+                fields += ["vit_align"] + (["proj_steps"] if stage == "B" else [])
         elif stage != "A":
-            raise ValueError(f"stage must be 'A' or 'B', got {stage!r}")
+            raise ValueError(f"stage must be 'A', 'B1' or 'B', got {stage!r}")
         return hashlib.sha256(json.dumps({k: d[k] for k in fields}, sort_keys=True).encode()).hexdigest()[:12]
 
     def key(self) -> str:
         """Hash of everything except the seed list (a run is reusable when key and seed match)."""
         d = self.to_dict()
         d.pop("seeds")
+        if d["data_version"] == 1:  # keys of results made before the field existed stay valid
+            d.pop("data_version")
+        if d["vit_align"] == "frozen":
+            d.pop("vit_align"), d.pop("proj_steps")
         d["schedule_defs"] = {s: [SCHEDULES[s].inject_at, SCHEDULES[s].vision_ratio] for s in self.schedules}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -147,12 +175,13 @@ def config_for(scale: str | None = None, **overrides: Any) -> FusionConfig:
     base = dict(
         rows=pick(smoke=2, cpu=4, gpu=16, scale=sc),
         seq_len=pick(smoke=160, cpu=256, gpu=512, scale=sc),
-        text_steps=pick(smoke=4, cpu=1000, gpu=6000, scale=sc),
+        text_steps=pick(smoke=4, cpu=3000, gpu=6000, scale=sc),
         vit_steps=pick(smoke=3, cpu=1500, gpu=1500, scale=sc),
+        proj_steps=pick(smoke=2, cpu=300, gpu=300, scale=sc),
         joint_steps=pick(smoke=10, cpu=1000, gpu=4000, scale=sc),
         warmup=pick(smoke=1, cpu=20, gpu=100, scale=sc),
         track_every=pick(smoke=5, cpu=50, gpu=200, scale=sc),
-        eval_items=pick(smoke=4, cpu=64, gpu=128, scale=sc),
+        eval_items=pick(smoke=4, cpu=128, gpu=256, scale=sc),
         max_new_tokens=pick(smoke=4, cpu=28, gpu=28, scale=sc),
     )
     base.update(overrides)
@@ -257,6 +286,12 @@ def _new_model(cfg: FusionConfig, seed: int) -> K25ForConditionalGeneration:
     return K25ForConditionalGeneration(preset(cfg.preset))
 
 
+def _check_data_version(cfg: FusionConfig) -> None:
+    if cfg.data_version != DATA_VERSION:
+        raise ValueError(f"cfg.data_version is {cfg.data_version}, but this checkout's world makes version "
+                         f"{DATA_VERSION} documents: results of other versions can be read, not recomputed")
+
+
 def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) -> Path:
     """Stage A: text-only pre-training from scratch; returns its out_dir (the checkpoint others start from)."""
     out = _stage_dir(cfg, "A", runs_dir)
@@ -273,23 +308,53 @@ def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) ->
     return out
 
 
+def _vit_docs(cfg: FusionConfig, world: World, tok: Tokenizer, counts_fn, steps: int, tag: str):
+    docs = doc_stream(world, VIT_CORPORA, tok, counts_fn, cfg.stage_seed, max_len=cfg.seq_len, skills=VIT_SKILLS,
+                      tag=tag)
+    return pack_vision_only(docs, steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
+
+
+def _fit(model, steps: list[PackedStep], cfg: FusionConfig, lr: float, out: Path, callbacks) -> None:
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 _train_config(cfg, len(steps), lr, cfg.stage_seed, out), callbacks=callbacks)
+    tr.resume()
+    tr.fit()
+
+
+def _b_steps(cfg: FusionConfig) -> int:
+    """Steps of the checkpoint that finishes stage B."""
+    return cfg.vit_steps if cfg.vit_align == "frozen" else cfg.proj_steps
+
+
 def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) -> Path:
-    """Stage B: from A, train the vision tower + projector with a caption loss, language model frozen."""
+    """Stage B from A: the ViT trained with a caption loss (see the module doc for the two ``vit_align`` forms);
+    returns the out_dir of a checkpoint holding A's language model and the trained vision tower + projector."""
+    _check_data_version(cfg)
     a = stage_text(cfg, runs_dir)
     out = _stage_dir(cfg, "B", runs_dir)
-    if _finished(out, cfg.vit_steps):
+    if _finished(out, _b_steps(cfg)):
         return out
     world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
     model = _new_model(cfg, cfg.stage_seed)
     load_weights(model, a)
-    model.language_model.requires_grad_(False)
-    docs = doc_stream(world, VIT_CORPORA, tok, model.media_token_counts, cfg.stage_seed, max_len=cfg.seq_len,
-                      skills=VIT_SKILLS, tag="B")
-    steps = pack_vision_only(docs, cfg.vit_steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
-    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
-                 _train_config(cfg, cfg.vit_steps, cfg.vit_lr, cfg.stage_seed, out), callbacks=callbacks)
-    tr.resume()
-    tr.fit()
+    if cfg.vit_align == "frozen":
+        model.language_model.requires_grad_(False)
+        _fit(model, _vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, out,
+             callbacks)
+        return out
+    b1 = _stage_dir(cfg, "B1", runs_dir)
+    if not _finished(b1, cfg.vit_steps):  # B1: everything trains; the language model copy is the caption decoder
+        _fit(model, _vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, b1,
+             callbacks)
+        model = _new_model(cfg, cfg.stage_seed)
+        load_weights(model, a)
+    aligned = _new_model(cfg, cfg.stage_seed)
+    load_weights(aligned, b1)
+    model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
+    model.requires_grad_(False)
+    model.vision_tower.projector.requires_grad_(True)  # B2: only the projector moves
+    _fit(model, _vit_docs(cfg, world, tok, model.media_token_counts, cfg.proj_steps, "B2"), cfg, cfg.vit_lr, out,
+         callbacks)
     return out
 
 
@@ -308,6 +373,7 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
         old = json.loads(res_file.read_text())
         if old.get("config_key") == cfg.key():
             return old
+    _check_data_version(cfg)
     t0 = time.perf_counter()
     b = stage_vit(cfg, runs_dir)
     out = _dirs(cfg, runs_dir) / "joint" / f"{schedule}-s{seed}"
@@ -333,7 +399,14 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
     t_train = time.perf_counter()
     tr.fit()
     t_eval = time.perf_counter()
-    final = {s: evaluate_items(model, tok, items, cfg.max_new_tokens)[0] for s, items in evals.items()}
+    scored = {s: evaluate_items(model, tok, items, cfg.max_new_tokens) for s, items in evals.items()}
+    final = {s: m for s, (m, _) in scored.items()}
+    by_skill: dict[str, dict[str, float]] = {}
+    for s, (_, per_item) in scored.items():
+        groups: dict[str, list[float]] = {}
+        for it, v in zip(evals[s], per_item):
+            groups.setdefault(it.meta["skill"], []).append(v)
+        by_skill[s] = {k: sum(v) / len(v) for k, v in groups.items()}
     t_end = time.perf_counter()
     curve = [r for r in tr.history if r.get("split") == "eval"]
     if step0 is None:  # resumed: step 0 was logged (if at all) by the first attempt; recompute from B's weights
@@ -345,7 +418,7 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
     result = {
         "schedule": schedule, "inject_at": sch.inject_at, "vision_ratio": sch.vision_ratio, "seed": seed,
         "scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "tokens": totals,
-        "final": final, "text_curve": curve, "loss_curve": loss, "resumed": resumed,
+        "final": final, "final_by_skill": by_skill, "text_curve": curve, "loss_curve": loss, "resumed": resumed,
         "timing_s": {"total": t_end - t0, "train": t_eval - t_train, "final_eval": t_end - t_eval},
         "torch_threads": torch.get_num_threads(),
     }
@@ -356,7 +429,7 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
 # ----------------------------------------------------------------------------------------------- results
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: side-by-side writers never share it
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
@@ -399,6 +472,11 @@ def aggregate(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str, A
         for s in SUITES:
             m, sd = _mean_std([r["final"][s] for r in rs])
             row[s] = {"mean": m, "std": sd, "values": [r["final"][s] for r in rs]}
+        if all("final_by_skill" in r for r in rs):  # per-skill scores (runs made before they were kept lack them)
+            row["by_skill"] = {
+                s: {k: dict(zip(("mean", "std"), _mean_std([r["final_by_skill"][s][k] for r in rs])))
+                    for k in rs[0]["final_by_skill"][s]}
+                for s in SUITES}
         row["tokens"] = rs[0]["tokens"]
         row["tokens_identical_across_seeds"] = all(r["tokens"] == rs[0]["tokens"] for r in rs)
         row["run_seconds"] = [r["timing_s"]["total"] for r in rs]
@@ -406,7 +484,8 @@ def aggregate(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str, A
     out = {
         "experiment": "fusion_ablation", "scale": cfg.scale, "config": cfg.to_dict(), "config_key": cfg.key(),
         "complete": len(runs) == len(cfg.schedules) * len(cfg.seeds), "n_runs": len(runs),
-        "chance": {s: chance_baseline(s, cfg.world_seed, cfg.scale) for s in SUITES},
+        "chance": {s: chance_baseline(s, cfg.world_seed, cfg.scale, cfg.eval_items) for s in SUITES},
+        "chance_by_skill": {s: chance_by_skill(s, cfg.world_seed, cfg.scale, cfg.eval_items) for s in SUITES},
         "table": table,
         "runs": [{k: r[k] for k in ("schedule", "seed", "final", "tokens", "text_curve", "loss_curve", "timing_s",
                                     "torch_threads")} for r in runs],
@@ -492,8 +571,9 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
              results_dir: Path | None = None, n_items: int = 48) -> dict[str, Any]:
     """Does the model read the image (:func:`k25mini.pretrain.diagnose.image_reliance`)?
 
-    * ``stage_B[<vit_steps>]``: the ViT-stage checkpoint of ``cfg`` with each listed ``vit_steps`` (when trained),
-      on ``n_items`` unseen caption documents per ViT corpus;
+    * ``stage_B[<label>]``: the ViT-stage checkpoint of ``cfg`` with each listed ``vit_steps`` (when trained),
+      on ``n_items`` unseen caption documents per ViT corpus; the label is the steps, plus the ``vit_align`` and
+      data version off the first design; with ``vit_align="decoder"`` also B1 read by its own decoder;
     * ``joint[<schedule>-s<seed>]``: every finished joint run of ``cfg``, on the held-out vision suites.
     An entry is None when no two of its documents have same-sized media.
     Merged into ``results/fusion_ablation/diagnostics_<scale>.json`` (written atomically) and returned."""
@@ -505,16 +585,23 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
     for v in vit_steps:
         c = dataclasses.replace(cfg, vit_steps=int(v))
         d = _stage_dir(c, "B", runs_dir)
-        if not _finished(d, c.vit_steps):
+        if not _finished(d, _b_steps(c)):
             continue
-        model = _new_model(c, c.stage_seed)
-        load_weights(model, d)
-        row = {}
-        for corpus in VIT_CORPORA:
-            items = [corpus_item(world, corpus, _DIAG_ROW0 + i) for i in range(n_items)]
-            items = [it for it in items if it.meta.get("skill") in VIT_SKILLS]
-            row[corpus] = _reliance(model, tok, items)
-        out.setdefault("stage_B", {})[str(v)] = {"stage_key": c.stage_key("B"), **row}
+        label = str(v)
+        if (c.vit_align, c.data_version) != ("frozen", 1):
+            label += f" ({c.vit_align}, data v{c.data_version})"
+        todo = [(label, d, "B")]
+        if c.vit_align == "decoder":  # B1 read by its own trainable decoder (the thrown-away LM copy)
+            todo.insert(0, (f"{label} B1, own decoder", _stage_dir(c, "B1", runs_dir), "B1"))
+        for name, ckpt, stage in todo:
+            model = _new_model(c, c.stage_seed)
+            load_weights(model, ckpt)
+            row = {}
+            for corpus in VIT_CORPORA:
+                items = [corpus_item(world, corpus, _DIAG_ROW0 + i) for i in range(n_items)]
+                items = [it for it in items if it.meta.get("skill") in VIT_SKILLS]
+                row[corpus] = _reliance(model, tok, items)
+            out.setdefault("stage_B", {})[name] = {"stage_key": c.stage_key(stage), **row}
     evals = _eval_sets(cfg)
     for sch in cfg.schedules:
         for seed in cfg.seeds:
@@ -526,6 +613,36 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
             out.setdefault("joint", {})[f"{sch}-s{seed}"] = {
                 "config_key": cfg.key(), **{s: _reliance(model, tok, evals[s]) for s in VISION_SUITES}}
     _write_json(path, out)
+    return out
+
+
+def skill_check(cfg: FusionConfig, n_per_skill: int, runs: list[tuple[str, int]] | None = None,
+                extra: dict[str, Path] | None = None, suite: str = "VisReason", runs_dir: Path | None = None,
+                results_dir: Path | None = None) -> dict[str, Any]:
+    """Per-skill greedy scores with chance (:func:`k25mini.pretrain.diagnose.skill_scores`, ``n_per_skill`` items
+    per skill) of the finished joint runs of ``cfg`` (``runs``: (schedule, seed) pairs, default all) and of
+    ``extra`` checkpoints (name -> run folder, e.g. a probe's). Merged into the diagnostics JSON under
+    ``skills[suite][name]`` and returned."""
+    from k25mini.pretrain.diagnose import skill_scores
+
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    todo = {}
+    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
+        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
+        if _finished(d, cfg.joint_steps):
+            todo[f"{sch}-s{seed}"] = (d, cfg.key())
+    for name, d in (extra or {}).items():
+        todo[name] = (Path(d), None)
+    for name, (d, key) in todo.items():
+        model = _new_model(cfg, 0)
+        load_weights(model, d)
+        row = skill_scores(model, tok, world, suite, n_per_skill, cfg.max_new_tokens)
+        # re-read before merging: several checks may run side by side (one process per group of models)
+        out = json.loads(path.read_text()) if path.is_file() else {}
+        out.setdefault("skills", {}).setdefault(suite, {})[name] = {"config_key": key, "checkpoint": str(d), **row}
+        _write_json(path, out)  # after each model: a long check keeps what it has measured
     return out
 
 
@@ -553,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for --probe, e.g. joint_steps=800")
     ap.add_argument("--diagnose", nargs="*", type=int, metavar="VIT_STEPS",
                     help="image-reliance check of the ViT stages with these vit_steps and of the finished joint runs")
+    ap.add_argument("--skills", nargs="+", metavar="N_OR_NAME=RUN_DIR",
+                    help="per-skill VisReason and TextReason (the text twins) scores with N items per skill for "
+                         "the finished joint runs (select with --runs) and any NAME=RUN_DIR checkpoints")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -570,6 +690,18 @@ def main(argv: list[str] | None = None) -> int:
             print(name + ": " + "  ".join(f"{k} {r['matched']:.2f}/{r['mismatched']:.2f}" for k, r in row.items()
                                           if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
         print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
+        return 0
+    if a.skills:
+        n = int(a.skills[0])
+        extra = dict(kv.split("=", 1) for kv in a.skills[1:])
+        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
+        for suite in ("VisReason", "TextReason"):  # the visual skills and their text twins
+            d = skill_check(cfg, n, sel, {k: Path(v) for k, v in extra.items()}, suite=suite)
+        for suite, rows in d["skills"].items():
+            for name, row in rows.items():
+                print(f"{suite} {name}: " + "  ".join(f"{k} {v['score']:.2f}/{v['chance']:.2f}"
+                                                      for k, v in row.items() if isinstance(v, dict))
+                      + "  (score/chance)", flush=True)
         return 0
     if a.probe:
         over = {k: type(getattr(cfg, k))(v) for k, v in (kv.split("=") for kv in a.set)}

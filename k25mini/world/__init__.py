@@ -9,7 +9,7 @@ score(suite[0], "north")                   # float in [0, 1]
 
 from k25mini.world.corpora import CORPORA, TEXT_CORPORA, VISION_CORPORA, corpus_item, iter_corpus
 from k25mini.world.entities import ATTRIBUTES, REGIONS, Entity
-from k25mini.world.evals import chance_baseline, make_all_evals, make_eval_suite, random_guess
+from k25mini.world.evals import chance_baseline, chance_by_skill, make_all_evals, make_eval_suite, random_guess
 from k25mini.world.items import IMAGE, SUITES, EvalItem, Item, video_tag
 from k25mini.world.render import (
     COLOURS,
@@ -72,6 +72,7 @@ __all__ = [
     "make_all_evals",
     "random_guess",
     "chance_baseline",
+    "chance_by_skill",
     "score",
     "Web",
     "WideSearchTask",

@@ -17,6 +17,7 @@ from k25mini.world.render import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
+    boxes_to_tenths,
     render_chart,
     render_icon,
     render_scene,
@@ -82,6 +83,23 @@ def _caption_scene(world: World, rng) -> Item:
     return Item("VisReason", f"{IMAGE}{', '.join(parts)}.", [img], "", {"skill": "caption_scene", "truth": truth})
 
 
+def _caption_ground(world: World, rng) -> Item:
+    """Grounding caption: every object with its 3x3 cell and its box in tenths, in reading order. The only
+    caption that states *where* things are, so the ViT stage learns to carry position (the paper's vision data
+    includes grounding); never phrased as a question."""
+    n = int(rng.integers(1, world.sizes.max_objects + 1))
+    looks = _scene_looks(rng, n)
+    spec = _train_spec(world, rng, lambda: sample_scene_spec(rng, looks, world.sizes.scene_side), "scene")
+    img, truth = render_scene(spec)
+    objs = sorted(truth["objects"], key=lambda o: (o["cell"], o["box"]))
+    boxes = boxes_to_tenths([o["box"] for o in objs], spec["h"], spec["w"])
+    parts = [
+        f"{o['colour']} {o['shape']} at {o['cell'][0]} {o['cell'][1]}: {' '.join(str(v) for v in b)}"
+        for o, b in zip(objs, boxes)
+    ]
+    return Item("VisReason", f"{IMAGE}{'; '.join(parts)}.", [img], "", {"skill": "caption_ground", "truth": truth})
+
+
 def _interleaved(world: World, rng) -> Item:
     """A page with its entity's picture (and sometimes the friend's): only entities outside the
     held-out set, so image->fact links for held-out entities are never shown."""
@@ -131,7 +149,7 @@ CORPORA: dict[str, list[tuple[float, Doc]]] = {
     "text_knowledge": [(1.0, _page_doc), (1.0, _skill("text_knowledge"))],
     "text_reasoning": [(1.0, _skill(s)) for s in SUITE_SKILLS["TextReason"]],
     "code": [(1.0, _skill(s)) for s in SUITE_SKILLS["Code"]],
-    "captions": [(1.0, _caption_entity), (1.0, _caption_scene)],
+    "captions": [(1.0, _caption_entity), (1.0, _caption_scene), (1.0, _caption_ground)],
     "interleaved": [(1.0, _interleaved)],
     "ocr": [(1.0, _skill("ocr"))],
     "charts": [(1.0, _chart_caption), (1.0, _skill("chart"))],

@@ -13,7 +13,7 @@ from k25mini.world.scoring import score
 from k25mini.world.skills import SUITE_SKILLS
 from k25mini.world.world import World, check_seed
 
-__all__ = ["make_eval_suite", "make_all_evals", "random_guess", "chance_baseline", "SUITES"]
+__all__ = ["make_eval_suite", "make_all_evals", "random_guess", "chance_baseline", "chance_by_skill", "SUITES"]
 
 _CHANCE_GUESSES = 16
 
@@ -72,17 +72,43 @@ def random_guess(item: Item, rng: np.random.Generator) -> str:
     raise ValueError(f"item.meta has no answer domain (choices/range/alphabet/boxes): skill {m.get('skill')!r}")
 
 
-@functools.lru_cache(maxsize=64)
-def _chance(suite: str, seed: int, scale: str) -> float:
+def _item_chances(suite: str, seed: int, scale: str, n: int | None) -> list[tuple[str, float]]:
+    """(skill, expected score of random well-formed answers) for each item of the suite, in order."""
     world = World(seed=seed, scale=scale)
-    items = make_eval_suite(world, suite)
+    items = make_eval_suite(world, suite, n)
     rng = rng_for(seed, "chance", suite)
-    total = sum(score(it, random_guess(it, rng)) for it in items for _ in range(_CHANCE_GUESSES))
-    return total / (len(items) * _CHANCE_GUESSES)
+    out = []
+    for it in items:
+        guesses = sum(score(it, random_guess(it, rng)) for _ in range(_CHANCE_GUESSES))
+        out.append((it.meta["skill"], guesses / _CHANCE_GUESSES))
+    return out
 
 
-def chance_baseline(suite: str, seed: int = 0, scale: str | None = None) -> float:
-    """Expected score of random well-formed answers on the suite (Monte Carlo, fixed seed, deterministic)."""
+@functools.lru_cache(maxsize=64)
+def _chance(suite: str, seed: int, scale: str, n: int | None) -> float:
+    rows = _item_chances(suite, seed, scale, n)
+    return sum(c for _, c in rows) / len(rows) if rows else 0.0
+
+
+def _check_n(n):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"n must be None (the scale's eval size) or an int >= 1, got {n!r}")
+    return None if n is None else int(n)
+
+
+def chance_baseline(suite: str, seed: int = 0, scale: str | None = None, n: int | None = None) -> float:
+    """Expected score of random well-formed answers on the suite (Monte Carlo, fixed seed, deterministic).
+    ``n``: the suite's size, as passed to :func:`make_eval_suite` (default: the scale's eval size)."""
     check_suite(suite)
     sc = current_scale() if scale is None else validate_scale(scale, "scale")
-    return _chance(suite, check_seed(seed), sc)
+    return _chance(suite, check_seed(seed), sc, _check_n(n))
+
+
+def chance_by_skill(suite: str, seed: int = 0, scale: str | None = None, n: int | None = None) -> dict[str, float]:
+    """:func:`chance_baseline` per skill of the suite (the items of each skill only)."""
+    check_suite(suite)
+    sc = current_scale() if scale is None else validate_scale(scale, "scale")
+    groups: dict[str, list[float]] = {}
+    for skill, c in _item_chances(suite, check_seed(seed), sc, _check_n(n)):
+        groups.setdefault(skill, []).append(c)
+    return {k: sum(v) / len(v) for k, v in groups.items()}

@@ -237,8 +237,7 @@ def _locate(world: World, rng, split):
 
     def build() -> Item:
         img, truth = render_scene(spec)
-        obj = next(o for o in truth["objects"] if (o["colour"], o["shape"]) == target)
-        ans = f"{obj['cell'][0]} {obj['cell'][1]}"
+        ans = locate_answer(truth, target)
         return Item(
             "VisReason", f"{IMAGE}Q: {q} A:", [img], ans, {"scorer": "exact", "choices": _CELLS, "truth": truth}
         )
@@ -246,26 +245,43 @@ def _locate(world: World, rng, split):
     return f"scene:{spec}", build
 
 
+def locate_answer(truth: dict, target: tuple[str, str]) -> str:
+    """'row col' of the (unique) object with look ``target`` in a rendered scene's truth."""
+    obj = next(o for o in truth["objects"] if (o["colour"], o["shape"]) == target)
+    return f"{obj['cell'][0]} {obj['cell'][1]}"
+
+
+def box_query(rng, looks):
+    """A box question and its object selector: one object by its unique look, or every object of a colour
+    (None when the draw needs a unique look and there is none)."""
+    if rng.random() < 0.5:
+        target = _unique_look(rng, looks)
+        if target is None:
+            return None
+        return f"Box of the {target[0]} {target[1]}?", lambda o: (o["colour"], o["shape"]) == target
+    colour = _pick(rng, sorted({lk[0] for lk in looks}))
+    return f"Boxes of {colour} objects?", lambda o: o["colour"] == colour
+
+
+def box_answer(truth: dict, sel, h: int, w: int) -> tuple[str, list[list[int]]]:
+    """The selected objects' boxes in tenths, left to right, as the answer string and as numbers."""
+    objs = sorted((o for o in truth["objects"] if sel(o)), key=lambda o: (o["box"][0], o["box"][1]))
+    boxes = boxes_to_tenths([o["box"] for o in objs], h, w)
+    return "; ".join(" ".join(str(v) for v in b) for b in boxes), boxes
+
+
 def _box(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = _scene_looks(rng, n)
     spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
-    if rng.random() < 0.5:  # one object by its unique look
-        target = _unique_look(rng, looks)
-        if target is None:
-            return None
-        q = f"Box of the {target[0]} {target[1]}?"
-        sel = lambda o: (o["colour"], o["shape"]) == target  # noqa: E731
-    else:  # every object of a colour
-        colour = _pick(rng, sorted({lk[0] for lk in looks}))
-        q = f"Boxes of {colour} objects?"
-        sel = lambda o: o["colour"] == colour  # noqa: E731
+    query = box_query(rng, looks)
+    if query is None:
+        return None
+    q, sel = query
 
     def build() -> Item:
         img, truth = render_scene(spec)
-        objs = sorted((o for o in truth["objects"] if sel(o)), key=lambda o: (o["box"][0], o["box"][1]))
-        boxes = boxes_to_tenths([o["box"] for o in objs], spec["h"], spec["w"])
-        ans = "; ".join(" ".join(str(v) for v in b) for b in boxes)
+        ans, boxes = box_answer(truth, sel, spec["h"], spec["w"])
         return Item("VisReason", f"{IMAGE}Q: {q} A:", [img], ans, {"scorer": "iou_f1", "boxes": boxes, "truth": truth})
 
     return f"scene:{spec}", build
