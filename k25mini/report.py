@@ -212,7 +212,7 @@ def pairwise_lines(res: dict[str, Any]) -> list[str]:
 
 
 #: config fields added after results were first written, with the value those older results ran with
-LEGACY_CONFIG = {"data_version": 1, "vit_align": "frozen", "proj_steps": 0}
+LEGACY_CONFIG = {"data_version": 1, "vit_align": "frozen", "proj_steps": 0, "proj_lr": None}
 
 
 def _config(r: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +242,7 @@ def archive_section(results_dir: Path, res: dict[str, Any] | None = None) -> str
         seeds = sorted({r["seed"] for r in a.get("runs", [])})
         lines += [f"**{name}** (key `{a['config_key']}`, seeds {seeds}; differs from the current "
                   f"config in: {', '.join(f'{k}={v}' for k, v in diff.items()) or 'nothing'})", "",
+                  *([a["note"], ""] if a.get("note") else []),
                   "| schedule | " + " | ".join(SUITES) + " |", "|---|" + "---|" * len(SUITES)]
         for sch, row in a["table"].items():
             lines.append(f"| {sch} | " + " | ".join(f"{100 * row[s]['mean']:.1f} ± {100 * row[s]['std']:.1f}"
@@ -320,6 +321,11 @@ def _run_order(name: str) -> tuple:
     return (1, 0, 0, name)
 
 
+def _short(answer: str, n: int = 12) -> str:
+    a = answer.replace("|", "/").replace("`", "'")
+    return a if len(a) <= n else a[: n - 1].rstrip() + "…"
+
+
 def skills_section(results_dir: Path, scale: str = "cpu") -> str:
     """Per-skill check (``--skills N``) from the diagnostics JSON: score per skill with its chance, many items each."""
     p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
@@ -337,6 +343,17 @@ def skills_section(results_dir: Path, scale: str = "cpu") -> str:
             lines.append(f"| {name} | " + " | ".join(f"{100 * a:.0f} ({100 * b:.0f})" for a, b in zip(sc, ch))
                          + f" | **{100 * sum(sc) / len(sc):.1f}** | {100 * sum(ch) / len(ch):.1f} |")
         lines.append("")
+        blind = {m: r for m, r in models.items() if all("top_share" in r[k] for k in skills)}
+        if blind:
+            lines += [f"Is the {suite} answer read off the input? Each model's most frequent answer per skill with its "
+                      "share of the items, and in brackets the score of the best *constant* answer (what a model "
+                      "that ignores the input can reach from the answer prior alone):", "",
+                      "| model | " + " | ".join(skills) + " |", "|---|" + "---|" * len(skills)]
+            for name, row in sorted(blind.items(), key=lambda kv: _run_order(kv[0])):
+                lines.append(f"| {name} | " + " | ".join(
+                    f"`{_short(row[k]['top_answer'])}` {100 * row[k]['top_share']:.0f}% "
+                    f"({100 * row[k]['best_constant']:.0f})" for k in skills) + " |")
+            lines.append("")
     vis, txt = rows.get("VisReason", {}), rows.get("TextReason", {})
     pairs = [(v, t) for v, t in TWINS.items() if vis and v in next(iter(vis.values()))]
     both = sorted((m for m in vis if m in txt), key=_run_order)
@@ -354,6 +371,35 @@ def skills_section(results_dir: Path, scale: str = "cpu") -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _fields_order(name: str) -> tuple:
+    return (0, name == "B", 0, 0, "") if name.startswith("B") else (1, *_run_order(name))
+
+
+def fields_section(results_dir: Path, scale: str = "cpu") -> str:
+    """Perception check (``--fields N``) from the diagnostics JSON: caption facts read off the image, per model."""
+    p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
+    rows = json.loads(p.read_text()).get("fields", {}) if p.is_file() else {}
+    if not rows:
+        return ""
+    models = sorted(rows, key=_fields_order)
+    facts = sorted({(sk, k) for m in models for sk, r in rows[m].items() if isinstance(r, dict) for k in r})
+    n = rows[models[0]].get("n_rows", "?")
+    lines = [f"### What is read off the pixels (`--fields {n}`: unseen caption rows, {n} per ViT corpus)", "",
+             "Each fact of a caption (colour, shape, count, grid cell, box coordinate, bar value, motion, name), "
+             "teacher-forced: the share the model writes exactly right after the true text before it, with the "
+             "document's own image and, in brackets, with another image of the same size (what the text before the "
+             "fact gives away). Own well above other = the fact is perceived.", "",
+             "| caption fact | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for sk, k in facts:
+        cells = []
+        for m in models:
+            r = rows[m].get(sk, {}).get(k) if isinstance(rows[m].get(sk), dict) else None
+            cells.append(f"{100 * r['acc']:.0f} ({100 * r['blind']:.0f})" if r else "–")
+        lines.append(f"| {sk} · {k} (n={max(rows[m][sk][k]['n'] for m in models if k in rows[m].get(sk, {}))}) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""])
 
 
 def _swarm_section() -> str | None:
@@ -388,6 +434,7 @@ def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: 
         probes_section(results_dir, res),
         diagnostics_section(results_dir, scale),
         skills_section(results_dir, scale),
+        fields_section(results_dir, scale),
         archive_section(results_dir, res),
     ]
     swarm = _swarm_section()

@@ -98,6 +98,12 @@ def test_fusion_diagnose_writes_stage_and_joint_rows(tmp_path):
             if isinstance(r, dict)]
     assert rows and all(r["n_items"] >= 2 for r in rows)  # unpairable sets are None, never a fake zero gap
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+    # rows another check wrote meanwhile (e.g. a --skills run in a second process) survive a later diagnose
+    path = diagnostics_path("smoke", tmp_path / "res")
+    path.write_text(json.dumps({**out, "skills": {"VisReason": {"x": {}}}, "joint": {"old-s9": {}}}))
+    again = diagnose(cfg, (), tmp_path / "runs", tmp_path / "res", n_items=8)
+    assert again["skills"] == {"VisReason": {"x": {}}} and set(again["joint"]) == {"old-s9", "early-s0"}
+    assert again["stage_B"] == out["stage_B"] and json.loads(path.read_text()) == again
 
 
 def test_skill_scores_against_a_loop_and_bad_inputs(world, model):
@@ -113,10 +119,29 @@ def test_skill_scores_against_a_loop_and_bad_inputs(world, model):
         items = [world.sample(skill, "eval", rng_for(world.seed, "skill-check", skill, i)) for i in range(2)]
         want = sum(score(it, greedy_answer(model, TOK, it, 3)) for it in items) / 2
         assert row["score"] == pytest.approx(want) and 0.0 <= row["chance"] <= 1.0 and row["n"] == 2
+        preds = [greedy_answer(model, TOK, it, 3) for it in items]
+        assert row["top_answer"] in preds and row["top_share"] == max(preds.count(p) for p in preds) / 2
+        assert row["best_constant"] >= max(sum(score(it, it2.answer) for it in items) / 2 for it2 in items) - 1e-12
     with pytest.raises(ValueError, match="suite"):
         skill_scores(model, TOK, world, "Vibes", 2)
     with pytest.raises(ValueError, match="n_per_skill"):
         skill_scores(model, TOK, world, "OCR", 0)
+
+
+def test_best_constant_is_the_best_fixed_answer(world):
+    """Hand-made items: three count questions with answers 1, 1, 3. The count scorer gives partial credit
+    (1 - |p - g| / g): "1" scores (1 + 1 + 1/3) / 3 = 7/9, "3" scores 1/3; a blind model can reach 7/9."""
+    import dataclasses
+
+    from k25mini.pretrain.diagnose import best_constant
+    from k25mini.world.rng import rng_for
+
+    base = world.sample("count", "eval", rng_for(0, "bc", 0))
+    items = [dataclasses.replace(base, answer=a, meta=dict(base.meta)) for a in ("1", "1", "3")]
+    assert best_constant(items) == pytest.approx(7 / 9)
+    assert best_constant(items[2:]) == 1.0
+    with pytest.raises(ValueError, match="items"):
+        best_constant([])
 
 
 def test_fusion_skill_check_merges_rows(tmp_path):
@@ -132,3 +157,102 @@ def test_fusion_skill_check_merges_rows(tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if k not in ("config_key", "checkpoint")}  # noqa: E731
     assert strip(rows["late-s0"]) == strip(rows["again"])  # same checkpoint, same items: same scores
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+
+
+def test_fusion_perception_check_covers_stages_and_runs(tmp_path):
+    from k25mini.pretrain.fusion import config_for, diagnostics_path, perception_check, run_joint
+
+    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
+                     schedules=("late",))
+    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
+    d = tmp_path / "runs" / "smoke" / cfg.key() / "joint" / "late-s0"
+    out = perception_check(cfg, 12, extra={"again": d}, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    rows = out["fields"]
+    assert set(rows) == {"B1 (own decoder)", "B", "late-s0", "again"}
+    assert rows["late-s0"]["config_key"] == cfg.key() and rows["B"]["stage_key"] == cfg.stage_key("B")
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("config_key", "checkpoint")}  # noqa: E731
+    assert strip(rows["late-s0"]) == strip(rows["again"])  # same checkpoint, same rows: same numbers
+    facts = {k for sk, r in rows["B"].items() if isinstance(r, dict) for k in r}
+    assert {"colour", "shape"} <= facts
+    assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+    with pytest.raises(ValueError, match="n_items"):
+        perception_check(cfg, 1, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+
+
+class _Oracle(torch.nn.Module):
+    """A stand-in model whose argmax is the true next token when it sees an item's document with that item's own
+    media, and wrong otherwise; ``miss`` lists characters it always gets wrong."""
+
+    def __init__(self, real, items, miss=""):
+        super().__init__()
+        self.real, self.miss = real, {TOK.encode(c)[0] for c in miss}
+        self.own = {id(it.images[0]): tuple(item_to_doc(it, TOK, real.media_token_counts).ids) for it in items}
+        self.language_model = real.language_model
+
+    def media_token_counts(self, x):
+        return self.real.media_token_counts(x)
+
+    def forward(self, ids, media=None):
+        v = self.language_model.lm_head.weight.shape[0]
+        nxt = torch.cat([ids[0, 1:], ids[0, :1]])
+        right = media is not None and self.own.get(id(media[0])) == tuple(ids[0].tolist())
+        want = torch.tensor([t if right and int(t) not in self.miss else (int(t) + 1) % v for t in nxt])
+        return torch.nn.functional.one_hot(want, v).float()[None]
+
+
+def test_caption_spans_by_skill(world):
+    from k25mini.pretrain.diagnose import CAPTION_FIELDS, caption_spans
+
+    seen = {}
+    for corpus in ("captions", "charts", "video"):
+        for i in range(40):
+            it = corpus_item(world, corpus, i)
+            if it.meta["skill"] in CAPTION_FIELDS:
+                text, spans = caption_spans(it)
+                assert spans and all(0 <= a < b <= len(text) for _, a, b in spans)
+                seen.setdefault(it.meta["skill"], set()).update(k for k, _, _ in spans)
+                if it.meta["skill"] == "caption_ground":
+                    kinds = [k for k, _, _ in spans]
+                    assert kinds[:7] == ["colour", "shape", "cell", "box", "box", "box", "box"]
+                    assert kinds.count("box") == 4 * kinds.count("cell") == 4 * kinds.count("colour")
+    assert seen["caption_ground"] == {"colour", "shape", "cell", "box"}
+    assert seen["caption_scene"] == {"count", "colour", "shape"}
+    assert seen["chart_caption"] == {"colour", "value"}
+    assert seen["video_caption"] == {"colour", "shape", "motion"}
+    it = corpus_item(world, "text_knowledge", 0)
+    with pytest.raises(ValueError, match="skill"):
+        caption_spans(it)
+
+
+def test_caption_fields_with_an_oracle(world, model):
+    """Own image: every field right (acc 1); another image: every field wrong (blind 0); an oracle that misses
+    digits fails exactly the numeric kinds. Catches any misalignment between the fields and the logits."""
+    from k25mini.pretrain.diagnose import CAPTION_FIELDS, caption_fields
+
+    items = list({it.prompt: it for i in range(60) for it in [corpus_item(world, "captions", i)]
+                  if it.meta["skill"] in CAPTION_FIELDS}.values())  # unique texts: a swap is always wrong
+    out = caption_fields(_Oracle(model, items), TOK, items)
+    assert out and all(r["acc"] == 1.0 and r["blind"] == 0.0 and r["n"] > 0 for r in out.values())
+    out = caption_fields(_Oracle(model, items, miss="0123456789"), TOK, items)
+    for kind, r in out.items():
+        assert r["acc"] == (0.0 if kind in ("count", "cell", "box") else 1.0), kind
+    with pytest.raises(ValueError, match="same token counts"):
+        caption_fields(model, TOK, items[:1])
+
+
+def test_caption_fields_real_model_matches_a_prefix_loop(world, model):
+    """The one-pass teacher-forced hits equal a slow loop that runs the model on every prefix."""
+    from k25mini.pretrain.diagnose import _field_hits, caption_spans
+
+    it = next(x for i in range(40) for x in [corpus_item(world, "captions", i)]
+              if x.meta["skill"] == "caption_scene")
+    text, spans = caption_spans(it)
+    doc = item_to_doc(it, TOK, model.media_token_counts)
+    start = max(k for k, t in enumerate(doc.ids) if t == TOK.media_end_id) + 1
+    with torch.no_grad():
+        hit = []
+        for k in range(start, start + len(text)):
+            logits = model(torch.tensor([doc.ids[:k]]), media=list(it.images))[0, -1]
+            hit.append(int(logits.argmax()) == doc.ids[k])
+    want = [(kind, all(hit[a:b])) for kind, a, b in spans]
+    assert _field_hits(model, TOK, it, list(it.images)) == want

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -287,6 +288,37 @@ def test_vit_stage_keys_and_bad_settings():
     # proj_steps means nothing to the one-step stage: it does not enter its keys
     assert config_for("smoke", vit_align="frozen", proj_steps=0).stage_key("B") == frozen.stage_key("B")
     for bad in ({"vit_align": "thawed"}, {"proj_steps": 0}, {"proj_steps": 1.5}, {"vit_steps": 0},
-                {"joint_steps": True}):
+                {"joint_steps": True}, {"proj_lr": 0.0}, {"proj_lr": "fast"}, {"proj_lr": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             config_for("smoke", **bad)
+
+
+def test_proj_lr_enters_only_stage_b_and_keeps_old_keys():
+    """B2's own learning rate: None (= vit_lr) leaves every key as before the field existed; a value changes the
+    B key and the run key, never A's or B1's (so B1 is reused)."""
+    base = config_for("smoke")
+    assert base.proj_lr is None
+    d = base.to_dict()
+    d.pop("seeds"), d.pop("proj_lr")
+    d["schedule_defs"] = {s: [SCHEDULES[s].inject_at, SCHEDULES[s].vision_ratio] for s in base.schedules}
+    assert base.key() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    fast = config_for("smoke", proj_lr=1e-2)
+    assert fast.stage_key("A") == base.stage_key("A") and fast.stage_key("B1") == base.stage_key("B1")
+    assert fast.stage_key("B") != base.stage_key("B") and fast.key() != base.key()
+    assert config_for("smoke", proj_lr=base.vit_lr).stage_key("B") != base.stage_key("B")  # explicit is recorded
+
+
+def test_cli_set_parses_typed_overrides():
+    from k25mini.pretrain.fusion import _parse_override
+
+    cfg = config_for("smoke")
+    assert _parse_override(cfg, "proj_steps=700") == ("proj_steps", 700)
+    assert _parse_override(cfg, "proj_lr=0.01") == ("proj_lr", 0.01)
+    assert _parse_override(cfg, "proj_lr=none") == ("proj_lr", None)
+    assert _parse_override(cfg, "vision_share=0.2") == ("vision_share", 0.2)
+    assert _parse_override(cfg, "seeds=0,4") == ("seeds", (0, 4))
+    assert _parse_override(cfg, "vit_align=frozen") == ("vit_align", "frozen")
+    with pytest.raises(ValueError, match="name=value"):
+        _parse_override(cfg, "proj_steps")
+    with pytest.raises(ValueError, match="no config field 'nope'"):
+        _parse_override(cfg, "nope=1")

@@ -104,6 +104,10 @@ def test_probe_reference_rows_and_archive_follow_the_vit_stage(tmp_path):
     assert "*ablation (current)*" not in md  # the current ablation used another ViT stage
     assert "**vit300** (key `old`" in md and "vit_steps=300" in md
     assert "| early | 10.0 ± 1.0 |" in md
+    old["note"] = "Replaced because the stages were retrained."  # an archive may say why it was kept
+    (results / "fusion_ablation" / "archive" / "vit300" / "fusion_ablation.json").write_text(json.dumps(old))
+    md = report.archive_section(results, cur)
+    assert "vit_steps=300)\n\nReplaced because the stages were retrained.\n\n| schedule |" in md
 
 
 def test_diagnostics_section(tmp_path):
@@ -148,3 +152,38 @@ def test_skills_section(tmp_path):
                                                                    "TextReason": {"early-s0": twin}}}))
     md = report.skills_section(tmp_path)
     assert "| model | count / count_list |" in md and "| early-s0 | +25 / +50 |" in md
+
+
+def test_skills_section_answer_concentration(tmp_path):
+    """Rows with the answer-concentration fields get a second table: top answer, its share, best constant."""
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    row = {"config_key": None, "checkpoint": "x",
+           "count": {"score": 0.5, "chance": 0.25, "n": 40, "top_answer": "1", "top_share": 0.925,
+                     "best_constant": 0.45},
+           "box": {"score": 0.0, "chance": 0.01, "n": 40, "top_answer": "1 1 1 1 10 10|x", "top_share": 0.15,
+                   "best_constant": 0.03}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"skills": {"VisReason": {"early-s0": row}}}))
+    md = report.skills_section(tmp_path)
+    assert "| early-s0 | `1` 92% (45) | `1 1 1 1 10…` 15% (3) |" in md, md
+    del row["box"]["top_share"]  # an older row without the fields: no second table
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"skills": {"VisReason": {"early-s0": row}}}))
+    assert "best *constant*" not in report.skills_section(tmp_path)
+
+
+def test_fields_section(tmp_path):
+    assert report.fields_section(tmp_path) == ""
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    cell = lambda a, b, n: {"acc": a, "blind": b, "n": n}  # noqa: E731
+    rows = {"early-s0": {"config_key": "k", "checkpoint": "x", "n_rows": 50,
+                         "caption_scene": {"count": cell(0.7, 0.7, 90), "shape": cell(0.2, 0.1, 90)}},
+            "B1 (own decoder)": {"stage_key": "b", "checkpoint": "y", "n_rows": 50,
+                                 "caption_scene": {"count": cell(0.68, 0.7, 90)},
+                                 "chart_caption": {"value": cell(0.25, 0.11, 200)}}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"fields": rows}))
+    md = report.fields_section(tmp_path)
+    assert "`--fields 50`" in md and "| caption fact | B1 (own decoder) | early-s0 |" in md, md
+    assert "| caption_scene · count (n=90) | 68 (70) | 70 (70) |" in md
+    assert "| caption_scene · shape (n=90) | – | 20 (10) |" in md
+    assert "| chart_caption · value (n=200) | 25 (11) | – |" in md

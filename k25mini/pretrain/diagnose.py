@@ -9,7 +9,8 @@ come from the image?) and the joint runs, where a suite can sit at chance becaus
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import item_to_doc
 from k25mini.world import Item
 
-__all__ = ["image_reliance", "mismatched_pairs", "skill_scores"]
+__all__ = ["image_reliance", "mismatched_pairs", "skill_scores", "best_constant", "caption_fields", "caption_spans",
+           "CAPTION_FIELDS"]
 
 
 def mismatched_pairs(items: Sequence[Item], counts_fn) -> list[tuple[int, int]]:
@@ -81,7 +83,9 @@ def skill_scores(model, tok: Tokenizer, world, suite: str, n_per_skill: int, max
     """Greedy score and chance per skill of ``suite`` on ``n_per_skill`` fresh held-out items of each skill
     (drawn from ``rng_for(world.seed, tag, skill, i)``): a suite of 64-128 items holds only ~10-20 per skill,
     too few to tell a skill at chance from one slightly above it. Chance: the mean score of 16 random
-    well-formed answers per item (:func:`k25mini.world.random_guess`)."""
+    well-formed answers per item (:func:`k25mini.world.random_guess`); ``best_constant``: the best fixed answer
+    (:func:`best_constant`); ``top_answer`` / ``top_share``: the model's most frequent answer and its share of
+    the items (near 1: the model answers the same thing whatever the image)."""
     from k25mini.pretrain.evaluate import greedy_answer
     from k25mini.world import SUITE_SKILLS, random_guess, score
     from k25mini.world.rng import rng_for
@@ -95,6 +99,87 @@ def skill_scores(model, tok: Tokenizer, world, suite: str, n_per_skill: int, max
         items = [world.sample(skill, "eval", rng_for(world.seed, tag, skill, i)) for i in range(n_per_skill)]
         rng = rng_for(world.seed, tag, "chance", skill)
         chance = sum(score(it, random_guess(it, rng)) for it in items for _ in range(16)) / (16 * len(items))
-        got = sum(score(it, greedy_answer(model, tok, it, max_new_tokens)) for it in items) / len(items)
-        out[skill] = {"score": float(got), "chance": float(chance), "n": n_per_skill}
+        preds = [greedy_answer(model, tok, it, max_new_tokens) for it in items]
+        got = sum(score(it, p) for it, p in zip(items, preds)) / len(items)
+        top, top_n = Counter(preds).most_common(1)[0]
+        out[skill] = {"score": float(got), "chance": float(chance), "n": n_per_skill,
+                      "best_constant": best_constant(items), "top_answer": top, "top_share": top_n / len(items)}
     return out
+
+
+def best_constant(items: Sequence[Item]) -> float:
+    """The score of the best *constant* answer on ``items`` (tried: every item's reference answer), the ceiling of a
+    model that ignores the input and answers from the answer prior alone (e.g. always "1" for a count). Above
+    uniform chance whenever the answers are skewed, so a score between chance and this can still be blind."""
+    from k25mini.world import score
+
+    if not items:
+        raise ValueError("items must not be empty")
+    return float(max(sum(score(it, c) for it in items) for c in dict.fromkeys(it.answer for it in items))
+                 / len(items))
+
+
+#: the facts a caption states, by caption skill: each named group is one field; its kind is the name without a
+#: trailing digit (a box is four coordinate fields)
+CAPTION_FIELDS: dict[str, str] = {
+    "caption_entity": r"This is (?P<name>[A-Za-z]+), an? (?P<colour>[a-z]+) (?P<shape>[a-z]+)",
+    "caption_scene": r"(?P<count>\d+) (?P<colour>[a-z]+) (?P<shape>[a-z]+)",
+    "caption_ground": r"(?P<colour>[a-z]+) (?P<shape>[a-z]+) at (?P<cell>\d \d): "
+                      r"(?P<box0>\d+) (?P<box1>\d+) (?P<box2>\d+) (?P<box3>\d+)",
+    "chart_caption": r"(?P<colour>[a-z]+) (?P<value>\d+)",
+    "video_caption": r"(?P<colour>[a-z]+) (?P<shape>[a-z]+) (?P<motion>sits still|moves [a-z]+)",
+}
+
+
+def caption_spans(item: Item) -> tuple[str, list[tuple[str, int, int]]]:
+    """The caption text after the item's (last) media and its fields as (kind, start, end) character spans."""
+    skill = item.meta.get("skill")
+    if skill not in CAPTION_FIELDS:
+        raise ValueError(f"item.meta['skill'] must be a caption skill {sorted(CAPTION_FIELDS)}, got {skill!r}")
+    end_tag = "<|media_end|>"
+    if end_tag not in item.prompt:
+        raise ValueError("item must hold a media placeholder before its caption")
+    text = item.prompt[item.prompt.rindex(end_tag) + len(end_tag):]
+    spans = []
+    for m in re.finditer(CAPTION_FIELDS[skill], text):
+        for name, (a, b) in ((k, m.span(k)) for k in m.groupdict()):
+            spans.append((name.rstrip("0123456789"), a, b))
+    return text, sorted(spans, key=lambda s: s[1])
+
+
+@torch.no_grad()
+def _field_hits(model, tok: Tokenizer, item: Item, media: list) -> list[tuple[str, bool]]:
+    """Teacher-forced: is every character of each field the model's argmax given the true text before it?"""
+    text, spans = caption_spans(item)
+    doc = item_to_doc(item, tok, model.media_token_counts)
+    start = max(k for k, t in enumerate(doc.ids) if t == tok.media_end_id) + 1  # first caption token
+    if tok.decode(doc.ids[start : start + len(text)]) != text:
+        raise ValueError("caption_fields needs a tokenizer with one token per caption character")
+    ids = torch.tensor([doc.ids], device=model.language_model.lm_head.weight.device)
+    pred = model(ids, media=media)[0].argmax(-1)  # pred[t] is the guess for token t + 1
+    ok = pred[start - 1 : start - 1 + len(text)] == ids[0, start : start + len(text)]
+    return [(kind, bool(ok[a:b].all())) for kind, a, b in spans]
+
+
+def caption_fields(model, tok: Tokenizer, items: Sequence[Item]) -> dict[str, dict[str, float]]:
+    """What the vision side perceives, fact by fact: for caption documents (``CAPTION_FIELDS``), the share of fields
+    (colour, shape, count, cell, box coordinate, bar value, motion, name) the model gets exactly right,
+    teacher-forced, with its own image (``acc``) and with a same-sized other item's image (``blind``: what the
+    text before the field gives away, e.g. a grounding caption lists objects in reading order). ``acc`` well above
+    ``blind`` = the fact is read off the pixels. Items without a same-sized partner are left out."""
+    pairs = mismatched_pairs(items, model.media_token_counts)
+    if not pairs:
+        raise ValueError("items must hold at least two caption documents whose media have the same token counts")
+    was_training = model.training
+    model.eval()
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    try:
+        for i, j in pairs:
+            own = _field_hits(model, tok, items[i], list(items[i].images))
+            other = _field_hits(model, tok, items[i], list(items[j].images))
+            for (kind, a), (_, b) in zip(own, other):
+                t = tally[kind]
+                t[0], t[1], t[2] = t[0] + a, t[1] + b, t[2] + 1
+    finally:
+        model.train(was_training)
+    return {k: {"acc": a / n, "blind": b / n, "n": n} for k, (a, b, n) in sorted(tally.items())}

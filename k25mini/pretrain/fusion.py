@@ -20,6 +20,10 @@ function of the step. Each finished run writes ``results/fusion_ablation/<scale>
 
     python -m k25mini.pretrain.fusion                 # the whole ablation at K25_SCALE
     python -m k25mini.pretrain.fusion --runs early:0 mid:1 --threads 1
+    python -m k25mini.pretrain.fusion --probe NAME early 0 --set proj_steps=1000 proj_lr=0.01
+    python -m k25mini.pretrain.fusion --diagnose 1500     # does each model read the image? (loss gap)
+    python -m k25mini.pretrain.fusion --skills 60         # VisReason + text twins skill by skill, answer prior
+    python -m k25mini.pretrain.fusion --fields 100        # which caption facts are read off the pixels
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ __all__ = [
     "run_probe",
     "diagnose",
     "diagnostics_path",
+    "perception_check",
+    "skill_check",
     "speedrun_stage",
 ]
 
@@ -123,6 +129,7 @@ class FusionConfig:
     data_version: int = DATA_VERSION
     vit_align: str = "decoder"  # "decoder": B1 (ViT + projector via a trainable LM copy) + B2; "frozen": one step
     proj_steps: int = 300  # B2: projector-only steps into the frozen language model (vit_align="decoder")
+    proj_lr: float | None = None  # B2's peak learning rate (None: vit_lr)
 
     def __post_init__(self) -> None:
         if self.vit_align not in VIT_ALIGN:
@@ -132,6 +139,9 @@ class FusionConfig:
             low = 1 if name != "proj_steps" or self.vit_align == "decoder" else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if self.proj_lr is not None and (isinstance(self.proj_lr, bool) or not isinstance(self.proj_lr, (int, float))
+                                         or not self.proj_lr > 0):
+            raise ValueError(f"proj_lr must be None (use vit_lr) or a float > 0, got {self.proj_lr!r}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -153,6 +163,8 @@ class FusionConfig:
             fields += ["vit_steps", "vit_lr"] + (["data_version"] if d["data_version"] != 1 else [])
             if self.vit_align != "frozen":  # (frozen keys stay those of results made before the two-step stage)
                 fields += ["vit_align"] + (["proj_steps"] if stage == "B" else [])
+                if stage == "B" and self.proj_lr is not None:  # (keys made before the field existed stay valid)
+                    fields.append("proj_lr")
         elif stage != "A":
             raise ValueError(f"stage must be 'A', 'B1' or 'B', got {stage!r}")
         return hashlib.sha256(json.dumps({k: d[k] for k in fields}, sort_keys=True).encode()).hexdigest()[:12]
@@ -163,8 +175,10 @@ class FusionConfig:
         d.pop("seeds")
         if d["data_version"] == 1:  # keys of results made before the field existed stay valid
             d.pop("data_version")
+        if d["proj_lr"] is None:
+            d.pop("proj_lr")
         if d["vit_align"] == "frozen":
-            d.pop("vit_align"), d.pop("proj_steps")
+            d.pop("vit_align"), d.pop("proj_steps"), d.pop("proj_lr", None)
         d["schedule_defs"] = {s: [SCHEDULES[s].inject_at, SCHEDULES[s].vision_ratio] for s in self.schedules}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -353,7 +367,8 @@ def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=()) -> 
     model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
     model.requires_grad_(False)
     model.vision_tower.projector.requires_grad_(True)  # B2: only the projector moves
-    _fit(model, _vit_docs(cfg, world, tok, model.media_token_counts, cfg.proj_steps, "B2"), cfg, cfg.vit_lr, out,
+    lr = cfg.vit_lr if cfg.proj_lr is None else cfg.proj_lr
+    _fit(model, _vit_docs(cfg, world, tok, model.media_token_counts, cfg.proj_steps, "B2"), cfg, lr, out,
          callbacks)
     return out
 
@@ -580,7 +595,7 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
     if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 2:
         raise ValueError(f"n_items must be an int >= 2, got {n_items!r}")
     path = diagnostics_path(cfg.scale, results_dir)
-    out = json.loads(path.read_text()) if path.is_file() else {}
+    out: dict[str, Any] = {}  # this call's rows, merged into the file at the end
     world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
     for v in vit_steps:
         c = dataclasses.replace(cfg, vit_steps=int(v))
@@ -612,8 +627,11 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
             load_weights(model, d)
             out.setdefault("joint", {})[f"{sch}-s{seed}"] = {
                 "config_key": cfg.key(), **{s: _reliance(model, tok, evals[s]) for s in VISION_SUITES}}
-    _write_json(path, out)
-    return out
+    merged = json.loads(path.read_text()) if path.is_file() else {}  # read late: other checks may have written
+    for part, rows in out.items():
+        merged.setdefault(part, {}).update(rows)
+    _write_json(path, merged)
+    return merged
 
 
 def skill_check(cfg: FusionConfig, n_per_skill: int, runs: list[tuple[str, int]] | None = None,
@@ -646,6 +664,48 @@ def skill_check(cfg: FusionConfig, n_per_skill: int, runs: list[tuple[str, int]]
     return out
 
 
+def perception_check(cfg: FusionConfig, n_items: int, runs: list[tuple[str, int]] | None = None,
+                     extra: dict[str, Path] | None = None, runs_dir: Path | None = None,
+                     results_dir: Path | None = None) -> dict[str, Any]:
+    """What each model reads off the pixels, fact by fact (:func:`k25mini.pretrain.diagnose.caption_fields`:
+    teacher-forced field accuracy with the own image and with another one) on unseen caption rows (``n_items``
+    rows per ViT corpus): the ViT stage (B1 read by its own caption decoder, and B), the finished joint runs of
+    ``cfg`` (``runs``: (schedule, seed) pairs, default all) and ``extra`` checkpoints (name -> folder). Merged into
+    the diagnostics JSON under ``fields[name]`` and returned."""
+    from k25mini.pretrain.diagnose import CAPTION_FIELDS, caption_fields
+
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 2:
+        raise ValueError(f"n_items must be an int >= 2, got {n_items!r}")
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    items = [corpus_item(world, c, _DIAG_ROW0 + i) for c in VIT_CORPORA for i in range(n_items)]
+    by_skill: dict[str, list] = {}
+    for it in items:
+        if it.meta.get("skill") in CAPTION_FIELDS:
+            by_skill.setdefault(it.meta["skill"], []).append(it)
+    todo: dict[str, tuple[Path, dict[str, str]]] = {}
+    if cfg.vit_align == "decoder" and _finished(_stage_dir(cfg, "B1", runs_dir), cfg.vit_steps):
+        todo["B1 (own decoder)"] = (_stage_dir(cfg, "B1", runs_dir), {"stage_key": cfg.stage_key("B1")})
+    if _finished(_stage_dir(cfg, "B", runs_dir), _b_steps(cfg)):
+        todo["B"] = (_stage_dir(cfg, "B", runs_dir), {"stage_key": cfg.stage_key("B")})
+    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
+        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
+        if _finished(d, cfg.joint_steps):
+            todo[f"{sch}-s{seed}"] = (d, {"config_key": cfg.key()})
+    for name, d in (extra or {}).items():
+        todo[name] = (Path(d), {})
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (d, key) in todo.items():
+        model = _new_model(cfg, 0)
+        load_weights(model, d)
+        row = {sk: caption_fields(model, tok, its) for sk, its in sorted(by_skill.items())
+               if len(mismatched_pairs(its, model.media_token_counts)) > 0}
+        out = json.loads(path.read_text()) if path.is_file() else {}  # re-read: checks may run side by side
+        out.setdefault("fields", {})[name] = {**key, "checkpoint": str(d), "n_rows": n_items, **row}
+        _write_json(path, out)
+    return out
+
+
 def speedrun_stage() -> dict[str, str]:
     """``make speedrun`` stage: the fusion ablation at the current scale (reusing matching results)."""
     cfg = config_for()
@@ -657,6 +717,23 @@ def speedrun_stage() -> dict[str, str]:
         lines[sch] = "  ".join(f"{s} {100 * row[s]['mean']:.1f}±{100 * row[s]['std']:.1f}" for s in SUITES)
     lines["chance"] = "  ".join(f"{s} {100 * v:.1f}" for s, v in res["chance"].items())
     return lines
+
+
+def _parse_override(cfg: FusionConfig, kv: str) -> tuple[str, Any]:
+    """``"name=value"`` -> (name, value typed like the config field; ``None`` fields take ``none`` or a float)."""
+    if "=" not in kv:
+        raise ValueError(f"--set expects name=value, got {kv!r}")
+    k, v = kv.split("=", 1)
+    if k not in {f.name for f in dataclasses.fields(cfg)} or k == "scale":
+        raise ValueError(f"--set: no config field {k!r} (fields: {', '.join(cfg.to_dict())})")
+    cur = getattr(cfg, k)
+    if cur is None or v.lower() == "none":
+        return k, None if v.lower() == "none" else float(v)
+    if isinstance(cur, tuple):
+        return k, tuple(type(cur[0])(x) if cur else x for x in v.split(","))
+    if isinstance(cur, bool):
+        return k, v.lower() in ("1", "true", "yes")
+    return k, type(cur)(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -673,6 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skills", nargs="+", metavar="N_OR_NAME=RUN_DIR",
                     help="per-skill VisReason and TextReason (the text twins) scores with N items per skill for "
                          "the finished joint runs (select with --runs) and any NAME=RUN_DIR checkpoints")
+    ap.add_argument("--fields", nargs="+", metavar="N_OR_NAME=RUN_DIR",
+                    help="perception check: caption facts (colour, shape, count, cell, box, value, motion) read off "
+                         "the image, on N unseen rows per ViT corpus, for the ViT stage, the finished joint runs "
+                         "(select with --runs) and any NAME=RUN_DIR checkpoints")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -691,6 +772,15 @@ def main(argv: list[str] | None = None) -> int:
                                           if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
         print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
         return 0
+    if a.fields:
+        extra = dict(kv.split("=", 1) for kv in a.fields[1:])
+        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
+        d = perception_check(cfg, int(a.fields[0]), sel, {k: Path(v) for k, v in extra.items()})
+        for name, row in d["fields"].items():
+            print(name + ": " + "  ".join(f"{sk}.{k} {v['acc']:.2f}/{v['blind']:.2f}" for sk, r in row.items()
+                                          if isinstance(r, dict) for k, v in r.items()) + "  (own/other image)",
+                  flush=True)
+        return 0
     if a.skills:
         n = int(a.skills[0])
         extra = dict(kv.split("=", 1) for kv in a.skills[1:])
@@ -704,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                       + "  (score/chance)", flush=True)
         return 0
     if a.probe:
-        over = {k: type(getattr(cfg, k))(v) for k, v in (kv.split("=") for kv in a.set)}
+        over = dict(_parse_override(cfg, kv) for kv in a.set)
         r = run_probe(a.probe[0], a.probe[1], int(a.probe[2]), **over)
         print(f"probe {a.probe[0]}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
               + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
