@@ -402,6 +402,32 @@ def fields_section(results_dir: Path, scale: str = "cpu") -> str:
     return "\n".join([*lines, ""])
 
 
+def vision_probe_section(results_dir: Path, scale: str = "cpu") -> str:
+    """Linear probes of the vision tokens (``--vision-probe N``) from the diagnostics JSON."""
+    p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
+    rows = json.loads(p.read_text()).get("vision_probe", {}) if p.is_file() else {}
+    if not rows:
+        return ""
+    order = {"untrained (A)": 0, "B1": 1, "B": 2}
+    models = sorted(rows, key=lambda m: (order.get(m, 3), *_run_order(m)))
+    tasks = [t for t in ("cell", "shape", "colour") if all(t in rows[m] for m in models)]
+    first = rows[models[0]]
+    lines = [f"### Is it in the vision tokens? (`--vision-probe {first.get('n', '?')}`: single-object scenes)", "",
+             "Held-out accuracy (%) of a linear probe reading an object's grid cell, shape and colour from the "
+             "vision tower's output tokens laid out in order (*flat*: where the object is shows as which token "
+             "lights up) and from their mean / max / min over the tokens (*pooled*: what the tokens say, wherever "
+             "they are). High here but low in the perception table = the tower carries the fact and the language "
+             "model does not use it.", "",
+             "| model | " + " | ".join(f"{t} flat | {t} pooled" for t in tasks) + " |",
+             "|---|" + "---|" * (2 * len(tasks))]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(f"{100 * rows[m][t]['flat']:.0f} | {100 * rows[m][t]['pooled']:.0f}"
+                                              for t in tasks) + " |")
+    lines.append("| chance | " + " | ".join(f"{100 * first[t]['chance']:.0f} | {100 * first[t]['chance']:.0f}"
+                                           for t in tasks) + " |")
+    return "\n".join([*lines, ""])
+
+
 def _swarm_section() -> str | None:
     try:
         mod = importlib.import_module("k25mini.swarm.report")
@@ -435,6 +461,7 @@ def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: 
         diagnostics_section(results_dir, scale),
         skills_section(results_dir, scale),
         fields_section(results_dir, scale),
+        vision_probe_section(results_dir, scale),
         archive_section(results_dir, res),
     ]
     swarm = _swarm_section()

@@ -256,3 +256,51 @@ def test_caption_fields_real_model_matches_a_prefix_loop(world, model):
             hit.append(int(logits.argmax()) == doc.ids[k])
     want = [(kind, all(hit[a:b])) for kind, a, b in spans]
     assert _field_hits(model, TOK, it, list(it.images)) == want
+
+
+def test_linear_probe_reads_separable_labels_and_not_noise():
+    """Labels that are a linear function of the features are read (almost) perfectly; labels independent of the
+    features stay near chance on held-out rows; shapes are checked."""
+    from k25mini.pretrain.diagnose import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g)
+    y = (x[:, :3] @ torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 1.0]])).argmax(1)
+    assert linear_probe(x[:300], y[:300], x[300:], y[300:]) >= 0.9
+    noise = torch.randint(0, 4, (400,), generator=g)
+    assert linear_probe(x[:300], noise[:300], x[300:], noise[300:]) <= 0.45  # chance 0.25
+    with pytest.raises(ValueError, match="same d"):
+        linear_probe(x[:300], y[:300], x[300:, :5], y[300:])
+    with pytest.raises(ValueError, match="label every row"):
+        linear_probe(x[:300], y[:200], x[300:], y[300:])
+
+
+def test_vision_probe_on_a_tiny_model(model):
+    """Every label gets a flat and a pooled accuracy in [0, 1] and its chance; a position-revealing layout
+    (flat) reads the grid cell of one object better than chance even from an untrained tower."""
+    from k25mini.pretrain.diagnose import vision_probe
+
+    was = model.training
+    out = vision_probe(model, n=160, side=48)
+    assert model.training is was  # the previous mode is restored
+    assert set(out) == {"cell", "shape", "colour"}
+    for r in out.values():
+        assert 0.0 <= r["flat"] <= 1.0 and 0.0 <= r["pooled"] <= 1.0 and 0.0 < r["chance"] < 1.0
+    assert out["cell"]["chance"] == pytest.approx(1 / 9) and out["cell"]["flat"] > 2 * out["cell"]["chance"]
+    with pytest.raises(ValueError, match="n must"):
+        vision_probe(model, n=4)
+    with pytest.raises(ValueError, match="test_share"):
+        vision_probe(model, n=16, test_share=1.0)
+
+
+def test_fusion_vision_check_rows(tmp_path):
+    from k25mini.pretrain.fusion import config_for, diagnostics_path, run_joint, vision_check
+
+    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
+                     schedules=("late",))
+    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
+    out = vision_check(cfg, 16, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    rows = out["vision_probe"]
+    assert set(rows) == {"untrained (A)", "B1", "B", "late-s0"}
+    assert rows["B1"]["stage_key"] == cfg.stage_key("B1") and rows["late-s0"]["n"] == 16
+    assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out

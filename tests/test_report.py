@@ -187,3 +187,19 @@ def test_fields_section(tmp_path):
     assert "| caption_scene · count (n=90) | 68 (70) | 70 (70) |" in md
     assert "| caption_scene · shape (n=90) | – | 20 (10) |" in md
     assert "| chart_caption · value (n=200) | 25 (11) | – |" in md
+
+
+def test_vision_probe_section(tmp_path):
+    assert report.vision_probe_section(tmp_path) == ""
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    r = lambda f, p, c: {"flat": f, "pooled": p, "chance": c}  # noqa: E731
+    rows = {"early-s0": {"n": 1600, "cell": r(0.9, 0.2, 1 / 9), "shape": r(0.3, 0.5, 0.125),
+                         "colour": r(1.0, 1.0, 0.125)},
+            "untrained (A)": {"n": 1600, "cell": r(0.93, 0.64, 1 / 9), "shape": r(0.3, 0.41, 0.125),
+                              "colour": r(0.9, 0.95, 0.125)}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"vision_probe": rows}))
+    md = report.vision_probe_section(tmp_path)
+    assert "`--vision-probe 1600`" in md
+    assert md.index("| untrained (A) | 93 | 64 |") < md.index("| early-s0 | 90 | 20 | 30 | 50 | 100 | 100 |")
+    assert "| chance | 11 | 11 | 12 | 12 | 12 | 12 |" in md

@@ -22,7 +22,7 @@ from k25mini.pretrain.docs import item_to_doc
 from k25mini.world import Item
 
 __all__ = ["image_reliance", "mismatched_pairs", "skill_scores", "best_constant", "caption_fields", "caption_spans",
-           "CAPTION_FIELDS"]
+           "CAPTION_FIELDS", "linear_probe", "vision_probe"]
 
 
 def mismatched_pairs(items: Sequence[Item], counts_fn) -> list[tuple[int, int]]:
@@ -183,3 +183,71 @@ def caption_fields(model, tok: Tokenizer, items: Sequence[Item]) -> dict[str, di
     finally:
         model.train(was_training)
     return {k: {"acc": a / n, "blind": b / n, "n": n} for k, (a, b, n) in sorted(tally.items())}
+
+
+def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 steps: int = 300, lr: float = 1e-2, l2: float = 1e-3, seed: int = 0) -> float:
+    """Test accuracy of a multinomial logistic regression (full-batch Adam, L2 ``l2``) on standardised features:
+    how much of a label is *linearly* readable from the features."""
+    if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"x_train, x_test must be [n, d] with the same d, got {tuple(x_train.shape)} and "
+                         f"{tuple(x_test.shape)}")
+    if len(y_train) != len(x_train) or len(y_test) != len(x_test) or len(x_train) < 2 or len(x_test) < 1:
+        raise ValueError("y_train / y_test must label every row of x_train / x_test (>= 2 train rows, >= 1 test)")
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    xtr, xte = ((x_train - mu) / sd).double(), ((x_test - mu) / sd).double()
+    k = int(max(y_train.max(), y_test.max())) + 1
+    g = torch.Generator().manual_seed(seed)
+    w = (0.01 * torch.randn(xtr.shape[1], k, generator=g, dtype=torch.float64)).requires_grad_(True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():  # callers may be inside no_grad
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(xtr @ w + b, y_train) + l2 * (w**2).sum()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float(((xte @ w + b).argmax(1) == y_test).double().mean())
+
+
+@torch.no_grad()
+def vision_probe(model, n: int = 1600, side: int = 96, seed: int = 0, test_share: float = 0.25
+                 ) -> dict[str, dict[str, float]]:
+    """Is an object's grid cell, shape and colour *in the vision tokens*? ``n`` single-object scenes of
+    ``side`` x ``side`` px (fresh draws, not the training rows) go through the model's vision tower (ViT, merger,
+    projector); a :func:`linear_probe` reads each label from the tokens laid out in order (``flat``: position is
+    which token lights up) and from their mean / max / min over the tokens (``pooled``: what the content of the
+    tokens says, wherever they are). Separates "the tower does not see it" from "the language model cannot use
+    it" (compare :func:`caption_fields`)."""
+    from k25mini.world.render import COLOURS, SHAPES, render_scene, sample_scene_spec
+    from k25mini.world.rng import rng_for
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 8:
+        raise ValueError(f"n must be an int >= 8, got {n!r}")
+    if not 0.0 < test_share < 1.0:
+        raise ValueError(f"test_share must be in (0, 1), got {test_share!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        toks, labels = [], {"cell": [], "shape": [], "colour": []}
+        for i in range(n):
+            rng = rng_for(seed, "vision-probe", i)
+            look = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+            img, truth = render_scene(sample_scene_spec(rng, [look], (side, side)))
+            o = truth["objects"][0]
+            toks.append(model.encode_media([img]).float().cpu())
+            labels["cell"].append(3 * o["cell"][0] + o["cell"][1])
+            labels["shape"].append(SHAPES.index(o["shape"]))
+            labels["colour"].append(list(COLOURS).index(o["colour"]))
+    finally:
+        model.train(was_training)
+    feats = {"flat": torch.stack([t.reshape(-1) for t in toks]),
+             "pooled": torch.stack([torch.cat([t.mean(0), t.amax(0), t.amin(0)]) for t in toks])}
+    cut = n - max(1, int(round(test_share * n)))
+    out = {}
+    for task, ys in labels.items():
+        y = torch.tensor(ys)
+        out[task] = {kind: linear_probe(x[:cut], y[:cut], x[cut:], y[cut:]) for kind, x in feats.items()}
+        out[task]["chance"] = 1.0 / (9 if task == "cell" else len(SHAPES) if task == "shape" else len(COLOURS))
+    return out

@@ -24,6 +24,7 @@ function of the step. Each finished run writes ``results/fusion_ablation/<scale>
     python -m k25mini.pretrain.fusion --diagnose 1500     # does each model read the image? (loss gap)
     python -m k25mini.pretrain.fusion --skills 60         # VisReason + text twins skill by skill, answer prior
     python -m k25mini.pretrain.fusion --fields 100        # which caption facts are read off the pixels
+    python -m k25mini.pretrain.fusion --vision-probe 1600 # which facts are linearly in the vision tokens
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ __all__ = [
     "diagnostics_path",
     "perception_check",
     "skill_check",
+    "vision_check",
     "speedrun_stage",
 ]
 
@@ -706,6 +708,41 @@ def perception_check(cfg: FusionConfig, n_items: int, runs: list[tuple[str, int]
     return out
 
 
+def vision_check(cfg: FusionConfig, n: int, runs: list[tuple[str, int]] | None = None,
+                 extra: dict[str, Path] | None = None, runs_dir: Path | None = None,
+                 results_dir: Path | None = None) -> dict[str, Any]:
+    """Linear probes of the vision tokens (:func:`k25mini.pretrain.diagnose.vision_probe`, ``n`` single-object
+    scenes) for the untrained tower (A's checkpoint: the ViT there is still its initialisation), B1, B, the finished
+    joint runs of ``cfg`` (``runs``: (schedule, seed) pairs, default all) and ``extra`` checkpoints. Merged into the
+    diagnostics JSON under ``vision_probe[name]`` and returned."""
+    from k25mini.pretrain.diagnose import vision_probe
+
+    todo: dict[str, tuple[Path, dict[str, str]]] = {}
+    for stage, name, steps in (("A", "untrained (A)", cfg.text_steps), ("B1", "B1", cfg.vit_steps),
+                               ("B", "B", _b_steps(cfg))):
+        if stage == "B1" and cfg.vit_align != "decoder":
+            continue
+        d = _stage_dir(cfg, stage, runs_dir)
+        if _finished(d, steps):
+            todo[name] = (d, {"stage_key": cfg.stage_key(stage)})
+    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
+        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
+        if _finished(d, cfg.joint_steps):
+            todo[f"{sch}-s{seed}"] = (d, {"config_key": cfg.key()})
+    for name, d in (extra or {}).items():
+        todo[name] = (Path(d), {})
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (d, key) in todo.items():
+        model = _new_model(cfg, 0)
+        load_weights(model, d)
+        row = vision_probe(model, n, seed=cfg.world_seed)
+        out = json.loads(path.read_text()) if path.is_file() else {}  # re-read: checks may run side by side
+        out.setdefault("vision_probe", {})[name] = {**key, "checkpoint": str(d), "n": n, **row}
+        _write_json(path, out)
+    return out
+
+
 def speedrun_stage() -> dict[str, str]:
     """``make speedrun`` stage: the fusion ablation at the current scale (reusing matching results)."""
     cfg = config_for()
@@ -754,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="perception check: caption facts (colour, shape, count, cell, box, value, motion) read off "
                          "the image, on N unseen rows per ViT corpus, for the ViT stage, the finished joint runs "
                          "(select with --runs) and any NAME=RUN_DIR checkpoints")
+    ap.add_argument("--vision-probe", nargs="+", metavar="N_OR_NAME=RUN_DIR",
+                    help="linear probes of the vision tokens for an object's cell, shape and colour on N single-object "
+                         "scenes: untrained tower, ViT stage, finished joint runs (--runs), NAME=RUN_DIR checkpoints")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -771,6 +811,14 @@ def main(argv: list[str] | None = None) -> int:
             print(name + ": " + "  ".join(f"{k} {r['matched']:.2f}/{r['mismatched']:.2f}" for k, r in row.items()
                                           if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
         print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
+        return 0
+    if a.vision_probe:
+        extra = dict(kv.split("=", 1) for kv in a.vision_probe[1:])
+        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
+        d = vision_check(cfg, int(a.vision_probe[0]), sel, {k: Path(v) for k, v in extra.items()})
+        for name, row in d["vision_probe"].items():
+            print(name + ": " + "  ".join(f"{t} {r['flat']:.2f}/{r['pooled']:.2f}" for t, r in row.items()
+                                          if isinstance(r, dict)) + "  (flat/pooled accuracy)", flush=True)
         return 0
     if a.fields:
         extra = dict(kv.split("=", 1) for kv in a.fields[1:])
