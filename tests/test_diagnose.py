@@ -33,6 +33,18 @@ def captions(world):
     return [corpus_item(world, "captions", i) for i in range(12)]
 
 
+@pytest.fixture(scope="module")
+def late_run(tmp_path_factory):
+    """One finished 2-step smoke joint run (late, seed 0) with its shared stages: (cfg, runs dir, run folder)."""
+    from k25mini.pretrain.fusion import config_for, run_joint
+
+    root = tmp_path_factory.mktemp("late_run")
+    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
+                     schedules=("late",))
+    run_joint(cfg, "late", 0, root / "runs", root / "res")
+    return cfg, root / "runs", root / "runs" / "smoke" / cfg.key() / "joint" / "late-s0"
+
+
 def test_pairs_share_token_counts_and_skip_singletons(model, captions, world):
     counts = [tuple(c for im in it.images for c in model.media_token_counts(im)) for it in captions]
     pairs = mismatched_pairs(captions, model.media_token_counts)
@@ -144,14 +156,11 @@ def test_best_constant_is_the_best_fixed_answer(world):
         best_constant([])
 
 
-def test_fusion_skill_check_merges_rows(tmp_path):
-    from k25mini.pretrain.fusion import config_for, diagnostics_path, run_joint, skill_check
+def test_fusion_skill_check_merges_rows(tmp_path, late_run):
+    from k25mini.pretrain.fusion import diagnostics_path, skill_check
 
-    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
-                     schedules=("late",))
-    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
-    d = tmp_path / "runs" / "smoke" / cfg.key() / "joint" / "late-s0"
-    out = skill_check(cfg, 1, extra={"again": d}, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    cfg, runs, d = late_run
+    out = skill_check(cfg, 1, extra={"again": d}, runs_dir=runs, results_dir=tmp_path / "res")
     rows = out["skills"]["VisReason"]
     assert set(rows) == {"late-s0", "again"} and rows["late-s0"]["config_key"] == cfg.key()
     strip = lambda r: {k: v for k, v in r.items() if k not in ("config_key", "checkpoint")}  # noqa: E731
@@ -159,14 +168,11 @@ def test_fusion_skill_check_merges_rows(tmp_path):
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
 
 
-def test_fusion_perception_check_covers_stages_and_runs(tmp_path):
-    from k25mini.pretrain.fusion import config_for, diagnostics_path, perception_check, run_joint
+def test_fusion_perception_check_covers_stages_and_runs(tmp_path, late_run):
+    from k25mini.pretrain.fusion import diagnostics_path, perception_check
 
-    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
-                     schedules=("late",))
-    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
-    d = tmp_path / "runs" / "smoke" / cfg.key() / "joint" / "late-s0"
-    out = perception_check(cfg, 12, extra={"again": d}, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    cfg, runs, d = late_run
+    out = perception_check(cfg, 12, extra={"again": d}, runs_dir=runs, results_dir=tmp_path / "res")
     rows = out["fields"]
     assert set(rows) == {"B1 (own decoder)", "B", "late-s0", "again"}
     assert rows["late-s0"]["config_key"] == cfg.key() and rows["B"]["stage_key"] == cfg.stage_key("B")
@@ -176,7 +182,7 @@ def test_fusion_perception_check_covers_stages_and_runs(tmp_path):
     assert {"colour", "shape"} <= facts
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
     with pytest.raises(ValueError, match="n_items"):
-        perception_check(cfg, 1, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+        perception_check(cfg, 1, runs_dir=runs, results_dir=tmp_path / "res")
 
 
 class _Oracle(torch.nn.Module):
@@ -293,13 +299,11 @@ def test_vision_probe_on_a_tiny_model(model):
         vision_probe(model, n=16, test_share=1.0)
 
 
-def test_fusion_vision_check_rows(tmp_path):
-    from k25mini.pretrain.fusion import config_for, diagnostics_path, run_joint, vision_check
+def test_fusion_vision_check_rows(tmp_path, late_run):
+    from k25mini.pretrain.fusion import diagnostics_path, vision_check
 
-    cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
-                     schedules=("late",))
-    run_joint(cfg, "late", 0, tmp_path / "runs", tmp_path / "res")
-    out = vision_check(cfg, 16, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res")
+    cfg, runs, _ = late_run
+    out = vision_check(cfg, 16, runs_dir=runs, results_dir=tmp_path / "res")
     rows = out["vision_probe"]
     assert set(rows) == {"untrained (A)", "B1", "B", "late-s0"}
     assert rows["B1"]["stage_key"] == cfg.stage_key("B1") and rows["late-s0"]["n"] == 16

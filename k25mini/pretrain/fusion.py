@@ -636,6 +636,46 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
     return merged
 
 
+def _check_targets(cfg: FusionConfig, runs: list[tuple[str, int]] | None, extra: dict[str, Path] | None,
+                   runs_dir: Path | None, stages: tuple[tuple[str, str], ...] = ()) -> dict[str, tuple[Path, dict]]:
+    """name -> (checkpoint folder, key fields) for a check: the finished shared ``stages`` ((stage, label) pairs;
+    B1 only with the two-step ViT stage), the finished joint runs of ``cfg`` (``runs``: (schedule, seed) pairs,
+    default all) and ``extra`` checkpoints (name -> folder, e.g. a probe's)."""
+    steps = {"A": cfg.text_steps, "B1": cfg.vit_steps, "B": _b_steps(cfg)}
+    todo: dict[str, tuple[Path, dict]] = {}
+    for stage, label in stages:
+        d = _stage_dir(cfg, stage, runs_dir)
+        if (stage != "B1" or cfg.vit_align == "decoder") and _finished(d, steps[stage]):
+            todo[label] = (d, {"stage_key": cfg.stage_key(stage)})
+    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
+        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
+        if _finished(d, cfg.joint_steps):
+            todo[f"{sch}-s{seed}"] = (d, {"config_key": cfg.key()})
+    for name, d in (extra or {}).items():
+        todo[name] = (Path(d), {"config_key": None})
+    return todo
+
+
+def _check_each(cfg: FusionConfig, todo: dict[str, tuple[Path, dict]], where: tuple[str, ...], measure,
+                results_dir: Path | None) -> dict[str, Any]:
+    """Load each checkpoint of ``todo``, ``measure(model) -> row``, and merge the row into the diagnostics JSON
+    under ``where + (name,)`` after each model (re-read first: several checks may run side by side, and a long
+    check keeps what it has measured). Returns the file's content."""
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (d, key) in todo.items():
+        model = _new_model(cfg, 0)
+        load_weights(model, d)
+        row = measure(model)
+        out = json.loads(path.read_text()) if path.is_file() else {}
+        node = out
+        for k in where:
+            node = node.setdefault(k, {})
+        node[name] = {**key, "checkpoint": str(d), **row}
+        _write_json(path, out)
+    return out
+
+
 def skill_check(cfg: FusionConfig, n_per_skill: int, runs: list[tuple[str, int]] | None = None,
                 extra: dict[str, Path] | None = None, suite: str = "VisReason", runs_dir: Path | None = None,
                 results_dir: Path | None = None) -> dict[str, Any]:
@@ -645,25 +685,9 @@ def skill_check(cfg: FusionConfig, n_per_skill: int, runs: list[tuple[str, int]]
     ``skills[suite][name]`` and returned."""
     from k25mini.pretrain.diagnose import skill_scores
 
-    path = diagnostics_path(cfg.scale, results_dir)
-    out = json.loads(path.read_text()) if path.is_file() else {}
     world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
-    todo = {}
-    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
-        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
-        if _finished(d, cfg.joint_steps):
-            todo[f"{sch}-s{seed}"] = (d, cfg.key())
-    for name, d in (extra or {}).items():
-        todo[name] = (Path(d), None)
-    for name, (d, key) in todo.items():
-        model = _new_model(cfg, 0)
-        load_weights(model, d)
-        row = skill_scores(model, tok, world, suite, n_per_skill, cfg.max_new_tokens)
-        # re-read before merging: several checks may run side by side (one process per group of models)
-        out = json.loads(path.read_text()) if path.is_file() else {}
-        out.setdefault("skills", {}).setdefault(suite, {})[name] = {"config_key": key, "checkpoint": str(d), **row}
-        _write_json(path, out)  # after each model: a long check keeps what it has measured
-    return out
+    return _check_each(cfg, _check_targets(cfg, runs, extra, runs_dir), ("skills", suite),
+                       lambda m: skill_scores(m, tok, world, suite, n_per_skill, cfg.max_new_tokens), results_dir)
 
 
 def perception_check(cfg: FusionConfig, n_items: int, runs: list[tuple[str, int]] | None = None,
@@ -684,28 +708,13 @@ def perception_check(cfg: FusionConfig, n_items: int, runs: list[tuple[str, int]
     for it in items:
         if it.meta.get("skill") in CAPTION_FIELDS:
             by_skill.setdefault(it.meta["skill"], []).append(it)
-    todo: dict[str, tuple[Path, dict[str, str]]] = {}
-    if cfg.vit_align == "decoder" and _finished(_stage_dir(cfg, "B1", runs_dir), cfg.vit_steps):
-        todo["B1 (own decoder)"] = (_stage_dir(cfg, "B1", runs_dir), {"stage_key": cfg.stage_key("B1")})
-    if _finished(_stage_dir(cfg, "B", runs_dir), _b_steps(cfg)):
-        todo["B"] = (_stage_dir(cfg, "B", runs_dir), {"stage_key": cfg.stage_key("B")})
-    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
-        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
-        if _finished(d, cfg.joint_steps):
-            todo[f"{sch}-s{seed}"] = (d, {"config_key": cfg.key()})
-    for name, d in (extra or {}).items():
-        todo[name] = (Path(d), {})
-    path = diagnostics_path(cfg.scale, results_dir)
-    out = json.loads(path.read_text()) if path.is_file() else {}
-    for name, (d, key) in todo.items():
-        model = _new_model(cfg, 0)
-        load_weights(model, d)
-        row = {sk: caption_fields(model, tok, its) for sk, its in sorted(by_skill.items())
-               if len(mismatched_pairs(its, model.media_token_counts)) > 0}
-        out = json.loads(path.read_text()) if path.is_file() else {}  # re-read: checks may run side by side
-        out.setdefault("fields", {})[name] = {**key, "checkpoint": str(d), "n_rows": n_items, **row}
-        _write_json(path, out)
-    return out
+
+    def measure(model) -> dict[str, Any]:
+        return {"n_rows": n_items, **{sk: caption_fields(model, tok, its) for sk, its in sorted(by_skill.items())
+                                      if mismatched_pairs(its, model.media_token_counts)}}
+
+    todo = _check_targets(cfg, runs, extra, runs_dir, (("B1", "B1 (own decoder)"), ("B", "B")))
+    return _check_each(cfg, todo, ("fields",), measure, results_dir)
 
 
 def vision_check(cfg: FusionConfig, n: int, runs: list[tuple[str, int]] | None = None,
@@ -717,30 +726,9 @@ def vision_check(cfg: FusionConfig, n: int, runs: list[tuple[str, int]] | None =
     diagnostics JSON under ``vision_probe[name]`` and returned."""
     from k25mini.pretrain.diagnose import vision_probe
 
-    todo: dict[str, tuple[Path, dict[str, str]]] = {}
-    for stage, name, steps in (("A", "untrained (A)", cfg.text_steps), ("B1", "B1", cfg.vit_steps),
-                               ("B", "B", _b_steps(cfg))):
-        if stage == "B1" and cfg.vit_align != "decoder":
-            continue
-        d = _stage_dir(cfg, stage, runs_dir)
-        if _finished(d, steps):
-            todo[name] = (d, {"stage_key": cfg.stage_key(stage)})
-    for sch, seed in runs if runs is not None else [(a, b) for a in cfg.schedules for b in cfg.seeds]:
-        d = _dirs(cfg, runs_dir) / "joint" / f"{sch}-s{seed}"
-        if _finished(d, cfg.joint_steps):
-            todo[f"{sch}-s{seed}"] = (d, {"config_key": cfg.key()})
-    for name, d in (extra or {}).items():
-        todo[name] = (Path(d), {})
-    path = diagnostics_path(cfg.scale, results_dir)
-    out = json.loads(path.read_text()) if path.is_file() else {}
-    for name, (d, key) in todo.items():
-        model = _new_model(cfg, 0)
-        load_weights(model, d)
-        row = vision_probe(model, n, seed=cfg.world_seed)
-        out = json.loads(path.read_text()) if path.is_file() else {}  # re-read: checks may run side by side
-        out.setdefault("vision_probe", {})[name] = {**key, "checkpoint": str(d), "n": n, **row}
-        _write_json(path, out)
-    return out
+    todo = _check_targets(cfg, runs, extra, runs_dir, (("A", "untrained (A)"), ("B1", "B1"), ("B", "B")))
+    return _check_each(cfg, todo, ("vision_probe",), lambda m: {"n": n, **vision_probe(m, n, seed=cfg.world_seed)},
+                       results_dir)
 
 
 def speedrun_stage() -> dict[str, str]:
