@@ -428,6 +428,66 @@ def vision_probe_section(results_dir: Path, scale: str = "cpu") -> str:
     return "\n".join([*lines, ""])
 
 
+_BUDGET_ORDER = ("all", "know", "reason", "ocr")
+_VISION_SUITES = ("VisKnow", "VisReason", "OCR")
+
+
+def vision_budget_section(results_dir: Path, scale: str = "cpu", res: dict[str, Any] | None = None) -> str:
+    """Vision-only training from the ViT stage (``--vision-budget STEPS``) from the diagnostics JSON: the vision
+    suites against the tokens of image-text documents trained on (mean over data seeds, with their spread), beside
+    the ablation's early runs (``res``) and any probe that changed the joint budget."""
+    p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
+    rows = json.loads(p.read_text()).get("vision_budget", {}) if p.is_file() else {}
+    if not rows:
+        return ""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows.values():
+        groups.setdefault((r["mix"], r["steps"]), []).append(r)
+
+    def cells(vals: list[dict[str, float]]) -> str:
+        out = []
+        for s in _VISION_SUITES:
+            xs = [100 * v[s] for v in vals]
+            m = sum(xs) / len(xs)
+            out.append(f"{m:.1f}" if len(xs) == 1 else f"{m:.1f} ({min(xs):.1f}–{max(xs):.1f})")
+        return " | ".join(out)
+
+    lines = ["### How much vision data does the model need? (`--vision-budget STEPS`)", "",
+             "From the ViT-stage checkpoint (B), everything trained on image-text documents only (no text) at the "
+             "joint stage's learning rate, for a number of steps; then the three held-out vision suites scored as in "
+             "Table 1. *tokens* counts the documents' tokens (image and text, padding excluded), the unit of a joint "
+             "run's vision budget. Mixes: *all* = the joint stage's vision corpora; *know*, *reason*, *ocr* = only "
+             "the corpora that train that suite. Several data seeds: mean (min–max). For reference, B1's ViT read by "
+             "the caption decoder it was trained with (caption-style rows and OCR questions).", "",
+             "| mix | steps | seeds | tokens (k) | " + " | ".join(_VISION_SUITES) + " |",
+             "|---|---|---|---|" + "---|" * len(_VISION_SUITES)]
+    for (mix, n), rs in sorted(groups.items(), key=lambda kv: (_BUDGET_ORDER.index(kv[0][0])
+                                                               if kv[0][0] in _BUDGET_ORDER else 9, kv[0])):
+        toks = sum(r["tokens"] for r in rs) / len(rs) / 1000
+        label = "*B1, own decoder (ViT-stage rows)*" if mix == "B1" else mix
+        lines.append(f"| {label} | {n} | {len(rs)} | {toks:.0f} | " + cells([r["final"] for r in rs]) + " |")
+    if res is not None:
+        early = [r for r in res.get("runs", []) if r["schedule"] == "early"]
+        if early:
+            lines.append(f"| *joint early (Table 1, + {early[0]['tokens']['text'] / 1000:.0f}k text)* | "
+                         f"{res['config'].get('joint_steps', '?')} | {len(early)} | "
+                         f"{early[0]['tokens']['vision'] / 1000:.0f} | " + cells([r["final"] for r in early]) + " |")
+        for f in sorted((results_dir / "fusion_ablation" / "probes").glob("*.json")):
+            r = json.loads(f.read_text())
+            if set(r.get("overrides", {})) == {"joint_steps"} and "tokens" in r:
+                lines.append(f"| *probe {r.get('probe', f.stem)} ({r['schedule']}, + {r['tokens']['text'] / 1000:.0f}k "
+                             f"text)* | {r['overrides']['joint_steps']} | 1 | {r['tokens']['vision'] / 1000:.0f} | "
+                             + cells([r["final"]]) + " |")
+        if res.get("chance"):
+            lines.append("| chance | | | | " + " | ".join(f"{100 * res['chance'][s]:.1f}" for s in _VISION_SUITES)
+                         + " |")
+    const = json.loads(p.read_text()).get("best_constant", {})
+    if all(s in const for s in _VISION_SUITES):
+        lines.append("| best constant answer (blind) | | | | "
+                     + " | ".join(f"{100 * const[s]:.1f}" for s in _VISION_SUITES) + " |")
+    return "\n".join([*lines, ""])
+
+
 def _swarm_section() -> str | None:
     try:
         mod = importlib.import_module("k25mini.swarm.report")
@@ -462,6 +522,7 @@ def build(results_dir: Path | None = None, docs_dir: Path | None = None, scale: 
         skills_section(results_dir, scale),
         fields_section(results_dir, scale),
         vision_probe_section(results_dir, scale),
+        vision_budget_section(results_dir, scale, res),
         archive_section(results_dir, res),
     ]
     swarm = _swarm_section()

@@ -308,3 +308,49 @@ def test_fusion_vision_check_rows(tmp_path, late_run):
     assert set(rows) == {"untrained (A)", "B1", "B", "late-s0"}
     assert rows["B1"]["stage_key"] == cfg.stage_key("B1") and rows["late-s0"]["n"] == 16
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+
+
+def test_fusion_vision_budget_check_trains_on_vision_documents_only(tmp_path, late_run, model):
+    from k25mini.pretrain.docs import doc_stream
+    from k25mini.pretrain.fusion import BUDGET_MIXES, VISION_SUITES, diagnostics_path, vision_budget_check
+
+    cfg, runs, _ = late_run
+    res = tmp_path / "res"
+    path = diagnostics_path("smoke", res)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"skills": {"kept": 1}}))  # rows of other checks survive the merge
+    out = vision_budget_check(cfg, (1, 2), ("reason",), (0,), runs_dir=runs, results_dir=res)
+    assert out["skills"] == {"kept": 1} and json.loads(path.read_text()) == out
+    from k25mini.pretrain.diagnose import best_constant
+    from k25mini.pretrain.fusion import _eval_sets
+    from k25mini.world import SUITES
+
+    evals = _eval_sets(cfg)
+    assert out["best_constant"] == {"config_key": cfg.key(), **{s: best_constant(evals[s]) for s in SUITES}}
+    rows = out["vision_budget"]
+    assert set(rows) == {"B1 (own decoder)", "reason-1-s0", "reason-2-s0"}
+    assert rows["B1 (own decoder)"]["steps"] == cfg.vit_steps and rows["B1 (own decoder)"]["tokens"] > 0
+    # tokens = the whole image-text documents that fit the rows, first fit in stream order (an independent count)
+    docs = doc_stream(World(cfg.world_seed, scale="smoke"), BUDGET_MIXES["reason"], TOK,
+                      model.media_token_counts, 0, max_len=cfg.seq_len, tag="budget-reason")
+    lens, want = [len(next(docs).ids) for _ in range(200)], []
+    k = 0
+    for _ in range(2):  # steps
+        used = 0
+        for _ in range(cfg.rows):
+            col = 0
+            while col + lens[k] <= cfg.seq_len:
+                col, used, k = col + lens[k], used + lens[k], k + 1
+        want.append(used)
+    assert rows["reason-1-s0"]["tokens"] == want[0] and rows["reason-2-s0"]["tokens"] == sum(want)
+    for name, r in rows.items():
+        assert set(r["final"]) == set(VISION_SUITES) and all(0 <= v <= 1 for v in r["final"].values())
+        if name.startswith("reason"):
+            assert r["stage_key"] == cfg.stage_key("B") and r["corpora"] == list(BUDGET_MIXES["reason"])
+    for bad, match in (((), "steps"), ((0,), "steps"), ((True,), "steps")):
+        with pytest.raises(ValueError, match=match):
+            vision_budget_check(cfg, bad, runs_dir=runs, results_dir=res)
+    with pytest.raises(ValueError, match="mixes"):
+        vision_budget_check(cfg, (1,), ("text",), runs_dir=runs, results_dir=res)
+    with pytest.raises(ValueError, match="seeds"):
+        vision_budget_check(cfg, (1,), seeds=(-1,), runs_dir=runs, results_dir=res)

@@ -203,3 +203,36 @@ def test_vision_probe_section(tmp_path):
     assert "`--vision-probe 1600`" in md
     assert md.index("| untrained (A) | 93 | 64 |") < md.index("| early-s0 | 90 | 20 | 30 | 50 | 100 | 100 |")
     assert "| chance | 11 | 11 | 12 | 12 | 12 | 12 |" in md
+
+
+def test_vision_budget_section(tmp_path):
+    assert report.vision_budget_section(tmp_path) == ""
+    d = tmp_path / "fusion_ablation"
+    (d / "probes").mkdir(parents=True)
+    f = lambda k, r, o: {"VisKnow": k, "VisReason": r, "OCR": o}  # noqa: E731
+    row = lambda mix, n, seed, tok, fin: {"mix": mix, "steps": n, "seed": seed, "tokens": tok, "final": fin}  # noqa: E731
+    rows = {"reason-100-s0": row("reason", 100, 0, 90000, f(0.0, 0.30, 0.05)),
+            "all-100-s0": row("all", 100, 0, 84000, f(0.10, 0.20, 0.08)),
+            "all-100-s1": row("all", 100, 1, 86000, f(0.20, 0.30, 0.10)),
+            "B1 (own decoder)": row("B1", 1500, 0, 900000, f(0.2, 0.1, 0.11))}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"vision_budget": rows, "best_constant": f(0.07, 0.12, 0.13)}))
+    md = report.vision_budget_section(tmp_path)
+    assert md.rstrip().endswith("| best constant answer (blind) | | | | 7.0 | 12.0 | 13.0 |")
+    assert "| all | 100 | 2 | 85 | 15.0 (10.0–20.0) | 25.0 (20.0–30.0) | 9.0 (8.0–10.0) |" in md, md
+    assert md.index("| all | 100 |") < md.index("| reason | 100 | 1 | 90 | 0.0 | 30.0 | 5.0 |")
+    assert "joint early" not in md  # no ablation given
+    b1 = "| *B1, own decoder (ViT-stage rows)* | 1500 | 1 | 900 | 20.0 | 10.0 | 11.0 |"
+    assert md.index("| reason | 100 |") < md.index(b1)
+    res = _fake_results({"early": [0.1, 0.3], "late": [0.2, 0.2]})
+    res["config"]["joint_steps"] = 1000
+    for r in res["runs"]:
+        r["tokens"] = {"vision": 102400, "text": 921600}
+    probe = {"probe": "budget2x_early", "schedule": "early", "overrides": {"joint_steps": 2000},
+             "tokens": {"vision": 204800, "text": 1843200}, "final": f(0.15, 0.30, 0.09)}
+    (d / "probes" / "budget2x_early.json").write_text(json.dumps(probe))
+    (d / "probes" / "other.json").write_text(json.dumps({**probe, "overrides": {"proj_lr": 0.01}}))
+    md = report.vision_budget_section(tmp_path, res=res)
+    spread = " | ".join(["20.0 (10.0–30.0)"] * 3)
+    assert f"| *joint early (Table 1, + 922k text)* | 1000 | 2 | 102 | {spread} |" in md
+    assert "| *probe budget2x_early (early, + 1843k text)* | 2000 | 1 | 205 | 15.0 | 30.0 | 9.0 |" in md
+    assert md.count("probe ") == 1 and "| chance | | | | 5.0 | 5.0 | 5.0 |" in md

@@ -25,6 +25,7 @@ function of the step. Each finished run writes ``results/fusion_ablation/<scale>
     python -m k25mini.pretrain.fusion --skills 60         # VisReason + text twins skill by skill, answer prior
     python -m k25mini.pretrain.fusion --fields 100        # which caption facts are read off the pixels
     python -m k25mini.pretrain.fusion --vision-probe 1600 # which facts are linearly in the vision tokens
+    python -m k25mini.pretrain.fusion --vision-budget 25 50 100 400  # vision-only training: how much data is enough
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ __all__ = [
     "perception_check",
     "skill_check",
     "vision_check",
+    "vision_budget_check",
+    "BUDGET_MIXES",
     "speedrun_stage",
 ]
 
@@ -731,6 +734,88 @@ def vision_check(cfg: FusionConfig, n: int, runs: list[tuple[str, int]] | None =
                        results_dir)
 
 
+#: vision-only training mixes of :func:`vision_budget_check`: the joint stage's whole vision mix, and the corpora
+#: that train each vision suite alone (VisKnow, VisReason, OCR)
+BUDGET_MIXES: dict[str, tuple[str, ...]] = {"all": VISION_CORPORA, "know": ("vis_knowledge", "interleaved"),
+                                            "reason": ("vis_reasoning", "charts", "video"), "ocr": ("ocr",)}
+
+
+def vision_budget_check(cfg: FusionConfig, steps: tuple[int, ...], mixes: tuple[str, ...] = ("all", "reason"),
+                        seeds: tuple[int, ...] = (0,), runs_dir: Path | None = None,
+                        results_dir: Path | None = None) -> dict[str, Any]:
+    """How much vision data does the model need? From the ViT-stage checkpoint (B) of ``cfg``, train on image-text
+    documents only (no text stream: rows packed whole and padded, as the ViT stage) for each of ``steps`` with
+    each of ``mixes`` (:data:`BUDGET_MIXES`) and data ``seeds``, at the joint stage's learning rate, then score the
+    three held-out vision suites as the ablation does (greedy, per skill too). ``tokens`` is the number of
+    document tokens trained on (padding excluded), to set beside a joint run's vision budget. Each row is merged
+    into the diagnostics JSON under ``vision_budget["<mix>-<steps>-s<seed>"]`` as soon as it is measured, with
+    the reference row ``"B1 (own decoder)"`` (two-step ViT stage: B1's ViT read by the caption decoder it was
+    trained with, on the ViT stage's tokens), and ``best_constant[suite]``: the blind baseline of each suite (the score
+    of its best constant answer). Returns the file's content. The trained weights are not kept."""
+    if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+        raise ValueError(f"steps must be a non-empty sequence of ints >= 1, got {steps!r}")
+    if not mixes or any(m not in BUDGET_MIXES for m in mixes):
+        raise ValueError(f"mixes must name mixes from {sorted(BUDGET_MIXES)}, got {mixes!r}")
+    if not seeds or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
+    b = stage_vit(cfg, runs_dir)
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    evals = _eval_sets(cfg)
+    path = diagnostics_path(cfg.scale, results_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+
+    def score(model) -> dict[str, Any]:
+        row: dict[str, Any] = {"final": {}, "final_by_skill": {}}
+        for suite in VISION_SUITES:
+            mean, per = evaluate_items(model, tok, evals[suite], cfg.max_new_tokens)
+            groups: dict[str, list[float]] = {}
+            for it, v in zip(evals[suite], per):
+                groups.setdefault(it.meta["skill"], []).append(v)
+            row["final"][suite] = mean
+            row["final_by_skill"][suite] = {k: sum(v) / len(v) for k, v in groups.items()}
+        return row
+
+    def save(name: str, row: dict[str, Any]) -> dict[str, Any]:
+        cur = json.loads(path.read_text()) if path.is_file() else {}  # re-read: other checks may write
+        cur.setdefault("vision_budget", {})[name] = row
+        _write_json(path, cur)
+        return cur
+
+    from k25mini.pretrain.diagnose import best_constant
+
+    cur = json.loads(path.read_text()) if path.is_file() else {}
+    cur["best_constant"] = {"config_key": cfg.key(), **{s: best_constant(items) for s, items in evals.items()}}
+    _write_json(path, cur)  # the blind baseline of every suite: the score of its best constant answer
+    if cfg.vit_align == "decoder":  # reference: B1 read by its own caption decoder (trained on ViT-stage rows)
+        t0 = time.perf_counter()
+        model = _new_model(cfg, cfg.stage_seed)
+        load_weights(model, _stage_dir(cfg, "B1", runs_dir))
+        packed = _vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B")
+        out = save("B1 (own decoder)", {"mix": "B1", "corpora": list(VIT_CORPORA), "steps": cfg.vit_steps,
+                                        "seed": cfg.stage_seed, "stage_key": cfg.stage_key("B1"), "lr": cfg.vit_lr,
+                                        "tokens": int(sum(s.vision_tokens for s in packed)), **score(model),
+                                        "timing_s": time.perf_counter() - t0})
+    for mix in mixes:
+        for seed in seeds:
+            for n in steps:
+                t0 = time.perf_counter()
+                model = _new_model(cfg, seed)
+                load_weights(model, b)
+                docs = doc_stream(world, BUDGET_MIXES[mix], tok, model.media_token_counts, seed, max_len=cfg.seq_len,
+                                  tag=f"budget-{mix}")
+                packed = pack_vision_only(docs, n, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
+                with tempfile.TemporaryDirectory() as scratch:
+                    tr = Trainer(model, lm_loss, lambda i, p=packed: batch_from(p[i]),
+                                 _train_config(cfg, n, cfg.joint_lr, seed, Path(scratch)))
+                    tr.fit()
+                row: dict[str, Any] = {"mix": mix, "corpora": list(BUDGET_MIXES[mix]), "steps": n, "seed": seed,
+                                       "stage_key": cfg.stage_key("B"), "lr": cfg.joint_lr,
+                                       "tokens": int(sum(s.vision_tokens for s in packed)), **score(model)}
+                row["timing_s"] = time.perf_counter() - t0
+                out = save(f"{mix}-{n}-s{seed}", row)
+    return out
+
+
 def speedrun_stage() -> dict[str, str]:
     """``make speedrun`` stage: the fusion ablation at the current scale (reusing matching results)."""
     cfg = config_for()
@@ -782,6 +867,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision-probe", nargs="+", metavar="N_OR_NAME=RUN_DIR",
                     help="linear probes of the vision tokens for an object's cell, shape and colour on N single-object "
                          "scenes: untrained tower, ViT stage, finished joint runs (--runs), NAME=RUN_DIR checkpoints")
+    ap.add_argument("--vision-budget", nargs="+", type=int, metavar="STEPS",
+                    help="vision-only training from the ViT stage for these step counts, scored on the vision suites "
+                         "(how much vision data the model needs; see --budget-mixes, --budget-seeds)")
+    ap.add_argument("--budget-mixes", nargs="+", default=["all", "reason"], choices=sorted(BUDGET_MIXES))
+    ap.add_argument("--budget-seeds", nargs="+", type=int, default=[0])
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -799,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
             print(name + ": " + "  ".join(f"{k} {r['matched']:.2f}/{r['mismatched']:.2f}" for k, r in row.items()
                                           if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
         print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
+        return 0
+    if a.vision_budget:
+        d = vision_budget_check(cfg, tuple(a.vision_budget), tuple(a.budget_mixes), tuple(a.budget_seeds))
+        for name, row in d["vision_budget"].items():
+            print(f"{name} ({row['tokens']} tokens): "
+                  + "  ".join(f"{s} {100 * v:.1f}" for s, v in row["final"].items()), flush=True)
         return 0
     if a.vision_probe:
         extra = dict(kv.split("=", 1) for kv in a.vision_probe[1:])
