@@ -307,3 +307,16 @@ def test_no_autocast_on_cpu_even_with_bf16():
 
     Trainer(TinyCharMLP(), loss_fn, toy_batch_at, _cfg(steps=2, bf16=True)).fit()
     assert seen == [False, False]
+
+
+def test_checkpoint_records_where_it_ran(tmp_path):
+    torch.manual_seed(0)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        tr = Trainer(TinyCharMLP(), toy_loss, toy_batch_at, _cfg(steps=2, out_dir=str(tmp_path)))
+        tr.fit()
+    finally:
+        torch.set_num_threads(old)
+    state = json.loads((tmp_path / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["env"] == {"torch": torch.__version__, "threads": 1, "device": "cpu", "world_size": 1}

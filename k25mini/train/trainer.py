@@ -326,7 +326,10 @@ class Trainer:
         """Write a checkpoint of the current step under ``out_dir/checkpoints`` (collective under torchrun)."""
         if self.ckpt_root is None:
             raise ValueError("save_checkpoint needs TrainConfig.out_dir")
-        state = {"config": self.config.to_dict(), "optimizer_class": type(self.optimizer).__name__}
+        state = {"config": self.config.to_dict(), "optimizer_class": type(self.optimizer).__name__,
+                 # where it ran: floating-point results can differ in the last digits across thread counts
+                 "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "device": str(self.device), "world_size": D.world_size()}}
         rank_state = {"rng": capture_rng_state(), "data": self.source.state_dict()}
         try:
             json.dumps(rank_state["data"])
