@@ -236,3 +236,20 @@ def test_vision_budget_section(tmp_path):
     assert f"| *joint early (Table 1, + 922k text)* | 1000 | 2 | 102 | {spread} |" in md
     assert "| *probe budget2x_early (early, + 1843k text)* | 2000 | 1 | 205 | 15.0 | 30.0 | 9.0 |" in md
     assert md.count("probe ") == 1 and "| chance | | | | 5.0 | 5.0 | 5.0 |" in md
+
+
+def test_blind_baseline_row_and_column(tmp_path):
+    res = _fake_results({"early": [0.1, 0.3], "late": [0.06, 0.06]})
+    assert report.blind_baseline(tmp_path, res) is None  # nothing measured
+    d = tmp_path / "fusion_ablation"
+    d.mkdir()
+    const = {"config_key": "abc", **{s: 0.08 for s in SUITES}}
+    (d / "diagnostics_cpu.json").write_text(json.dumps({"best_constant": const}))
+    blind = report.blind_baseline(tmp_path, res)
+    assert blind == {s: 0.08 for s in SUITES}
+    assert report.blind_baseline(tmp_path, {**res, "config_key": "other"}) is None  # other eval items
+    md = report.fusion_section(res, blind=blind)
+    assert "| best constant answer (blind) | | | " + " | ".join(["8.0"] * len(SUITES)) + " | |" in md
+    # late's 6.0 beats chance (5.0) but not the blind baseline (8.0)
+    assert f"| {SUITES[0]} | " in md and "| yes | no |" in md, md
+    assert "blind" not in report.fusion_section(res)
