@@ -111,8 +111,8 @@ def _dip(res: dict[str, Any]) -> dict[str, str]:
 
 
 def blind_baseline(results_dir: Path, res: dict[str, Any] | None, scale: str = "cpu") -> dict[str, float] | None:
-    """Each suite's best constant answer's score (written by the vision-budget check) when it was measured on the
-    eval items of ``res``'s config, else None."""
+    """Each suite's blind baseline (the best constant answer per kind of question, written by ``--blind`` and the
+    vision-budget check) when it was measured on the eval items of ``res``'s config, else None."""
     p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
     const = json.loads(p.read_text()).get("best_constant") if p.is_file() else None
     if res is None or not const or const.get("config_key") != res.get("config_key"):
@@ -122,8 +122,8 @@ def blind_baseline(results_dir: Path, res: dict[str, Any] | None, scale: str = "
 
 def fusion_section(res: dict[str, Any] | None, figure_rel: str | None = None,
                    blind: dict[str, float] | None = None) -> str:
-    """Markdown for chapter 05 from the aggregated ``results/fusion_ablation.json``; ``blind``: each suite's best
-    constant answer's score (:func:`blind_baseline`), shown under chance when given."""
+    """Markdown for chapter 05 from the aggregated ``results/fusion_ablation.json``; ``blind``: each suite's blind
+    baseline (:func:`blind_baseline`), shown under chance when given."""
     lines = ["## Chapter 05 — early fusion: Table 1 (fixed vision + text budget)", ""]
     if res is None:
         return "\n".join(lines + ["*No results yet: run `python -m k25mini.pretrain.fusion`.*", ""])
@@ -155,8 +155,8 @@ def fusion_section(res: dict[str, Any] | None, figure_rel: str | None = None,
                      + f" | {tok['vision']:,} / {tok['text']:,} |")
     lines.append("| chance | | | " + " | ".join(f"{100 * res['chance'][s]:.1f}" for s in SUITES) + " | |")
     if blind is not None:
-        lines.append("| best constant answer (blind) | | | " + " | ".join(f"{100 * blind[s]:.1f}" for s in SUITES)
-                     + " | |")
+        lines.append("| blind (best constant answer per kind of question) | | | "
+                     + " | ".join(f"{100 * blind[s]:.1f}" for s in SUITES) + " | |")
     lines.append("")
     ours = {k: {s: row[s]["mean"] for s in SUITES} for k, row in table.items()}
     if len(ours) > 1:
@@ -503,7 +503,7 @@ def vision_budget_section(results_dir: Path, scale: str = "cpu", res: dict[str, 
                          + " |")
     const = json.loads(p.read_text()).get("best_constant", {})
     if all(s in const for s in _VISION_SUITES):
-        lines.append("| best constant answer (blind) | | | | "
+        lines.append("| blind (best constant answer per kind of question) | | | | "
                      + " | ".join(f"{100 * const[s]:.1f}" for s in _VISION_SUITES) + " |")
     return "\n".join([*lines, ""])
 

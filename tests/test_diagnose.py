@@ -156,6 +156,35 @@ def test_best_constant_is_the_best_fixed_answer(world):
         best_constant([])
 
 
+def test_blind_baseline_picks_the_best_constant_per_kind_of_question(world):
+    """Count items answered 1, 1, 3 (best constant "1": 7/9) and two compare items answered "red", "blue" (one
+    constant gets one of two right): the blind baseline is (3 * 7/9 + 2 * 1/2) / 5, while one constant for all
+    five items does worse. Items of one skill but different ``attr`` are different kinds of question."""
+    import dataclasses
+
+    from k25mini.pretrain.diagnose import best_constant, blind_baseline
+    from k25mini.world.rng import rng_for
+
+    count = world.sample("count", "eval", rng_for(0, "bb", 0))
+    k = 0
+    while True:  # a compare item with its two choices
+        cmp_ = world.sample("compare", "eval", rng_for(0, "bb", 1, k))
+        if cmp_ is not None:
+            break
+        k += 1
+    a, b = cmp_.meta["choices"]
+    items = [dataclasses.replace(count, answer=x, meta=dict(count.meta)) for x in ("1", "1", "3")]
+    items += [dataclasses.replace(cmp_, answer=x, meta=dict(cmp_.meta)) for x in (a, b)]
+    assert blind_baseline(items) == pytest.approx((3 * 7 / 9 + 2 * 0.5) / 5)
+    assert blind_baseline(items) > best_constant(items)
+    vk = world.sample("vis_knowledge", "eval", rng_for(0, "bb", 2))
+    two = [dataclasses.replace(vk, answer="x", meta={**vk.meta, "attr": "region"}),
+           dataclasses.replace(vk, answer="y", meta={**vk.meta, "attr": "friend"})]
+    assert blind_baseline(two) == 1.0 and best_constant(two) == 0.5  # by attribute: "x" for one, "y" for the other
+    with pytest.raises(ValueError, match="items"):
+        blind_baseline([])
+
+
 def test_fusion_skill_check_merges_rows(tmp_path, late_run):
     from k25mini.pretrain.fusion import diagnostics_path, skill_check
 

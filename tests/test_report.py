@@ -217,7 +217,7 @@ def test_vision_budget_section(tmp_path):
             "B1 (own decoder)": row("B1", 1500, 0, 900000, f(0.2, 0.1, 0.11))}
     (d / "diagnostics_cpu.json").write_text(json.dumps({"vision_budget": rows, "best_constant": f(0.07, 0.12, 0.13)}))
     md = report.vision_budget_section(tmp_path)
-    assert md.rstrip().endswith("| best constant answer (blind) | | | | 7.0 | 12.0 | 13.0 |")
+    assert md.rstrip().endswith("| blind (best constant answer per kind of question) | | | | 7.0 | 12.0 | 13.0 |")
     assert "| all | 100 | 2 | 85 | 15.0 (10.0–20.0) | 25.0 (20.0–30.0) | 9.0 (8.0–10.0) |" in md, md
     assert md.index("| all | 100 |") < md.index("| reason | 100 | 1 | 90 | 0.0 | 30.0 | 5.0 |")
     assert "joint early" not in md  # no ablation given
@@ -249,7 +249,8 @@ def test_blind_baseline_row_and_column(tmp_path):
     assert blind == {s: 0.08 for s in SUITES}
     assert report.blind_baseline(tmp_path, {**res, "config_key": "other"}) is None  # other eval items
     md = report.fusion_section(res, blind=blind)
-    assert "| best constant answer (blind) | | | " + " | ".join(["8.0"] * len(SUITES)) + " | |" in md
+    row = "| blind (best constant answer per kind of question) | | | " + " | ".join(["8.0"] * len(SUITES)) + " | |"
+    assert row in md
     # late's 6.0 beats chance (5.0) but not the blind baseline (8.0)
     assert f"| {SUITES[0]} | " in md and "| yes | no |" in md, md
     assert "blind" not in report.fusion_section(res)

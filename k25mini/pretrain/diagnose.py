@@ -21,8 +21,8 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import item_to_doc
 from k25mini.world import Item
 
-__all__ = ["image_reliance", "mismatched_pairs", "skill_scores", "best_constant", "caption_fields", "caption_spans",
-           "CAPTION_FIELDS", "linear_probe", "vision_probe"]
+__all__ = ["image_reliance", "mismatched_pairs", "skill_scores", "best_constant", "blind_baseline", "caption_fields",
+           "caption_spans", "CAPTION_FIELDS", "linear_probe", "vision_probe"]
 
 
 def mismatched_pairs(items: Sequence[Item], counts_fn) -> list[tuple[int, int]]:
@@ -117,6 +117,18 @@ def best_constant(items: Sequence[Item]) -> float:
         raise ValueError("items must not be empty")
     return float(max(sum(score(it, c) for it in items) for c in dict.fromkeys(it.answer for it in items))
                  / len(items))
+
+
+def blind_baseline(items: Sequence[Item]) -> float:
+    """The score of a model that reads the question but not the image: the best constant answer *per kind of
+    question* (items grouped by ``meta["skill"]`` and, where present, the asked ``meta["attr"]``), averaged over
+    all items. At least :func:`best_constant` of the whole set, which must serve every kind with one answer."""
+    if not items:
+        raise ValueError("items must not be empty")
+    groups: dict[tuple, list[Item]] = {}
+    for it in items:
+        groups.setdefault((it.meta.get("skill"), it.meta.get("attr")), []).append(it)
+    return sum(best_constant(g) * len(g) for g in groups.values()) / len(items)
 
 
 #: the facts a caption states, by caption skill: each named group is one field; its kind is the name without a

@@ -26,6 +26,7 @@ function of the step. Each finished run writes ``results/fusion_ablation/<scale>
     python -m k25mini.pretrain.fusion --fields 100        # which caption facts are read off the pixels
     python -m k25mini.pretrain.fusion --vision-probe 1600 # which facts are linearly in the vision tokens
     python -m k25mini.pretrain.fusion --vision-budget 25 50 100 400  # vision-only training: how much data is enough
+    python -m k25mini.pretrain.fusion --blind             # blind baseline: best constant per kind of question
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ __all__ = [
     "skill_check",
     "vision_check",
     "vision_budget_check",
+    "blind_check",
     "BUDGET_MIXES",
     "speedrun_stage",
 ]
@@ -734,6 +736,20 @@ def vision_check(cfg: FusionConfig, n: int, runs: list[tuple[str, int]] | None =
                        results_dir)
 
 
+def blind_check(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str, Any]:
+    """Each suite's blind baseline on ``cfg``'s eval items (the best constant answer per kind of question,
+    :func:`k25mini.pretrain.diagnose.blind_baseline`), merged into the diagnostics JSON under ``best_constant``
+    with the config key; returns the file's content."""
+    from k25mini.pretrain.diagnose import blind_baseline
+
+    path = diagnostics_path(cfg.scale, results_dir)
+    row = {"config_key": cfg.key(), **{s: blind_baseline(items) for s, items in _eval_sets(cfg).items()}}
+    cur = json.loads(path.read_text()) if path.is_file() else {}
+    cur["best_constant"] = row
+    _write_json(path, cur)
+    return cur
+
+
 #: vision-only training mixes of :func:`vision_budget_check`: the joint stage's whole vision mix, and the corpora
 #: that train each vision suite alone (VisKnow, VisReason, OCR)
 BUDGET_MIXES: dict[str, tuple[str, ...]] = {"all": VISION_CORPORA, "know": ("vis_knowledge", "interleaved"),
@@ -750,8 +766,9 @@ def vision_budget_check(cfg: FusionConfig, steps: tuple[int, ...], mixes: tuple[
     document tokens trained on (padding excluded), to set beside a joint run's vision budget. Each row is merged
     into the diagnostics JSON under ``vision_budget["<mix>-<steps>-s<seed>"]`` as soon as it is measured, with
     the reference row ``"B1 (own decoder)"`` (two-step ViT stage: B1's ViT read by the caption decoder it was
-    trained with, on the ViT stage's tokens), and ``best_constant[suite]``: the blind baseline of each suite (the score
-    of its best constant answer). Returns the file's content. The trained weights are not kept."""
+    trained with, on the ViT stage's tokens), and ``best_constant[suite]``: the blind baseline of each suite (the best
+    constant answer per kind of question, :func:`k25mini.pretrain.diagnose.blind_baseline`). Returns the file's
+    content. The trained weights are not kept."""
     if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
         raise ValueError(f"steps must be a non-empty sequence of ints >= 1, got {steps!r}")
     if not mixes or any(m not in BUDGET_MIXES for m in mixes):
@@ -781,11 +798,7 @@ def vision_budget_check(cfg: FusionConfig, steps: tuple[int, ...], mixes: tuple[
         _write_json(path, cur)
         return cur
 
-    from k25mini.pretrain.diagnose import best_constant
-
-    cur = json.loads(path.read_text()) if path.is_file() else {}
-    cur["best_constant"] = {"config_key": cfg.key(), **{s: best_constant(items) for s, items in evals.items()}}
-    _write_json(path, cur)  # the blind baseline of every suite: the score of its best constant answer
+    blind_check(cfg, results_dir)
     if cfg.vit_align == "decoder":  # reference: B1 read by its own caption decoder (trained on ViT-stage rows)
         t0 = time.perf_counter()
         model = _new_model(cfg, cfg.stage_seed)
@@ -872,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(how much vision data the model needs; see --budget-mixes, --budget-seeds)")
     ap.add_argument("--budget-mixes", nargs="+", default=["all", "reason"], choices=sorted(BUDGET_MIXES))
     ap.add_argument("--budget-seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--blind", action="store_true",
+                    help="each suite's blind baseline (best constant answer per kind of question) into the diagnostics")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -889,6 +904,10 @@ def main(argv: list[str] | None = None) -> int:
             print(name + ": " + "  ".join(f"{k} {r['matched']:.2f}/{r['mismatched']:.2f}" for k, r in row.items()
                                           if isinstance(r, dict)) + "  (nats/token, own/other image)", flush=True)
         print(f"wrote {diagnostics_path(cfg.scale)}", flush=True)
+        return 0
+    if a.blind:
+        d = blind_check(cfg)["best_constant"]
+        print("blind baseline: " + "  ".join(f"{s} {100 * d[s]:.1f}" for s in SUITES), flush=True)
         return 0
     if a.vision_budget:
         d = vision_budget_check(cfg, tuple(a.vision_budget), tuple(a.budget_mixes), tuple(a.budget_seeds))
