@@ -376,6 +376,8 @@ def test_fusion_vision_budget_check_trains_on_vision_documents_only(tmp_path, la
         assert set(r["final"]) == set(VISION_SUITES) and all(0 <= v <= 1 for v in r["final"].values())
         if name.startswith("reason"):
             assert r["stage_key"] == cfg.stage_key("B") and r["corpora"] == list(BUDGET_MIXES["reason"])
+    again = vision_budget_check(cfg, (1,), ("reason",), (0,), runs_dir=runs, results_dir=res)
+    assert again["vision_budget"]["B1 (own decoder)"] == rows["B1 (own decoder)"]  # kept, not re-scored
     for bad, match in (((), "steps"), ((0,), "steps"), ((True,), "steps")):
         with pytest.raises(ValueError, match=match):
             vision_budget_check(cfg, bad, runs_dir=runs, results_dir=res)

@@ -322,3 +322,14 @@ def test_cli_set_parses_typed_overrides():
         _parse_override(cfg, "proj_steps")
     with pytest.raises(ValueError, match="no config field 'nope'"):
         _parse_override(cfg, "nope=1")
+
+
+def test_cli_check_arguments():
+    from pathlib import Path
+
+    from k25mini.pretrain.fusion import _check_args
+
+    assert _check_args(["60"], None) == (60, None, {})
+    n, sel, extra = _check_args(["12", "probe=runs/x", "b=/abs/y=z"], ["early:0", "late:2"])
+    assert (n, sel) == (12, [("early", 0), ("late", 2)])
+    assert extra == {"probe": Path("runs/x"), "b": Path("/abs/y=z")}

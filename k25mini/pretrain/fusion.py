@@ -799,7 +799,9 @@ def vision_budget_check(cfg: FusionConfig, steps: tuple[int, ...], mixes: tuple[
         return cur
 
     blind_check(cfg, results_dir)
-    if cfg.vit_align == "decoder":  # reference: B1 read by its own caption decoder (trained on ViT-stage rows)
+    old_b1 = out.get("vision_budget", {}).get("B1 (own decoder)", {})
+    # reference: B1 read by its own caption decoder (trained on ViT-stage rows); scored once per B1 checkpoint
+    if cfg.vit_align == "decoder" and old_b1.get("stage_key") != cfg.stage_key("B1"):
         t0 = time.perf_counter()
         model = _new_model(cfg, cfg.stage_seed)
         load_weights(model, _stage_dir(cfg, "B1", runs_dir))
@@ -859,6 +861,13 @@ def _parse_override(cfg: FusionConfig, kv: str) -> tuple[str, Any]:
     return k, type(cur)(v)
 
 
+def _check_args(spec: list[str], runs: list[str] | None) -> tuple[int, list[tuple[str, int]] | None, dict[str, Path]]:
+    """A check's CLI arguments: ``N [NAME=RUN_DIR ...]`` and ``--runs schedule:seed ...`` -> (N, runs, extra)."""
+    extra = {k: Path(v) for k, v in (kv.split("=", 1) for kv in spec[1:])}
+    sel = [(r.split(":")[0], int(r.split(":")[1])) for r in runs] if runs else None
+    return int(spec[0]), sel, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="*", help="schedule:seed pairs (default: all)")
@@ -916,28 +925,24 @@ def main(argv: list[str] | None = None) -> int:
                   + "  ".join(f"{s} {100 * v:.1f}" for s, v in row["final"].items()), flush=True)
         return 0
     if a.vision_probe:
-        extra = dict(kv.split("=", 1) for kv in a.vision_probe[1:])
-        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
-        d = vision_check(cfg, int(a.vision_probe[0]), sel, {k: Path(v) for k, v in extra.items()})
+        n, sel, extra = _check_args(a.vision_probe, a.runs)
+        d = vision_check(cfg, n, sel, extra)
         for name, row in d["vision_probe"].items():
             print(name + ": " + "  ".join(f"{t} {r['flat']:.2f}/{r['pooled']:.2f}" for t, r in row.items()
                                           if isinstance(r, dict)) + "  (flat/pooled accuracy)", flush=True)
         return 0
     if a.fields:
-        extra = dict(kv.split("=", 1) for kv in a.fields[1:])
-        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
-        d = perception_check(cfg, int(a.fields[0]), sel, {k: Path(v) for k, v in extra.items()})
+        n, sel, extra = _check_args(a.fields, a.runs)
+        d = perception_check(cfg, n, sel, extra)
         for name, row in d["fields"].items():
             print(name + ": " + "  ".join(f"{sk}.{k} {v['acc']:.2f}/{v['blind']:.2f}" for sk, r in row.items()
                                           if isinstance(r, dict) for k, v in r.items()) + "  (own/other image)",
                   flush=True)
         return 0
     if a.skills:
-        n = int(a.skills[0])
-        extra = dict(kv.split("=", 1) for kv in a.skills[1:])
-        sel = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
+        n, sel, extra = _check_args(a.skills, a.runs)
         for suite in ("VisReason", "TextReason"):  # the visual skills and their text twins
-            d = skill_check(cfg, n, sel, {k: Path(v) for k, v in extra.items()}, suite=suite)
+            d = skill_check(cfg, n, sel, extra, suite=suite)
         for suite, rows in d["skills"].items():
             for name, row in rows.items():
                 print(f"{suite} {name}: " + "  ".join(f"{k} {v['score']:.2f}/{v['chance']:.2f}"
