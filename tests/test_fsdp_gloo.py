@@ -126,3 +126,9 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
 
 if __name__ == "__main__":
     main()
+    # Everything is written and the process group destroyed. Skip interpreter finalisation: gloo's C++ worker threads
+    # can still be alive there and abort the process ("terminate called without an active exception", SIGABRT),
+    # which failed this test once in about ten full test runs although the run itself had finished.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
