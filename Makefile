@@ -1,6 +1,7 @@
 # k25mini: two commands on a fresh machine
-#   make speedrun   # the main job (K25_SCALE=cpu by default)
+#   make speedrun   # the main job: trains one nano K2.5 from scratch (K25_SCALE=cpu by default)
 #   make test       # ruff + pytest + nbval on every notebook at K25_SCALE=smoke
+# Also: make reproduce (every chapter's multi-seed experiment), make speedrun SPEEDRUN_ARGS=--reuse|--fresh
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +14,7 @@ TORCH_PIP_FLAGS ?=
 K25_SCALE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: setup test lint pytest nbval speedrun lab notebooks clean
+.PHONY: setup test lint pytest nbval speedrun reproduce report lab notebooks clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -37,8 +38,17 @@ nbval: $(STAMP)
 
 test: lint pytest nbval
 
+SPEEDRUN_ARGS ?=
+WORKERS ?= 2
 speedrun: $(STAMP)
-	K25_SCALE=$(K25_SCALE) $(BIN)/python -m k25mini.speedrun
+	K25_SCALE=$(K25_SCALE) $(BIN)/python -m k25mini.speedrun $(SPEEDRUN_ARGS)
+
+# every chapter's full multi-seed experiment (times in README), then docs/reproduction.md
+reproduce: $(STAMP)
+	K25_SCALE=$(K25_SCALE) $(BIN)/python -m k25mini.experiments reproduce --workers $(WORKERS)
+
+report: $(STAMP)
+	$(BIN)/python -m k25mini.report
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

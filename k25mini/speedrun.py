@@ -1,146 +1,155 @@
-"""`make speedrun`: run every chapter's main job that exists, at the current K25_SCALE, and report.
+"""``make speedrun``: one nano K2.5's life at the current ``K25_SCALE``, trained from scratch in chapter order.
 
-Each stage is a function ``stage() -> dict[str, str]`` (report lines) named by a dotted path, so a
-chapter adds itself with one line in STAGES. A stage whose module does not exist yet is reported
-as "not built yet"; a stage that fails stops the run with a non-zero exit code.
+    python -m k25mini.speedrun            # train; finished stages under runs/speedrun/<scale>/ resume in seconds
+    python -m k25mini.speedrun --fresh    # ignore everything on disk (trains in a new folder, swapped in at the end)
+    python -m k25mini.speedrun --reuse    # train nothing: replay the committed results (prints REUSED <file>)
+
+The stages come from the experiments registry (:mod:`k25mini.experiments.registry`): world -> text
+pre-training -> ViT stage -> joint early fusion -> (zero-vision SFT, clipped RL: when chapters 06/07 exist)
+-> PARL swarm, each from the previous stage's checkpoint. The run ends with ``results/speedrun_<scale>.json``
+and ``docs/report_card.md`` (``report_card_<scale>.md`` off the cpu scale): every measured figure beside the
+paper's number and the committed multi-seed result, with a verdict. A stage whose result was made by other
+code than the current one is flagged STALE in the output, the JSON and the card.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
+import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from k25mini.experiments.registry import EXPERIMENTS, resolve
+from k25mini.experiments.results import RESULTS_DIR, ROOT, write_result
+from k25mini.experiments.stage import StageContext
 from k25mini.scale import current_scale, describe
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# (stage name, "module:function") in chapter order
-STAGES: list[tuple[str, str]] = [
-    ("00 configs and parameter counts", "k25mini.speedrun:stage_configs"),
-    ("00b toy world corpora and eval suites", "k25mini.speedrun:stage_world"),
-    ("05 early-fusion ablation (Table 1)", "k25mini.pretrain.fusion:speedrun_stage"),
-    ("08 agent swarm / PARL", "k25mini.speedrun:stage_swarm"),
-    ("docs/reproduction.md from results/", "k25mini.speedrun:stage_report"),
-]
+__all__ = ["main", "run", "report_card"]
 
 
-def stage_configs() -> dict[str, str]:
-    from k25mini.config import PRESETS, count_params, kv_cache_bytes_per_token, preset
-
-    lines = {}
-    for name in PRESETS:
-        pc = count_params(preset(name))
-        lines[name] = f"total {pc.total / 1e9:10.4f} B   activated {pc.activated / 1e9:10.4f} B"
-    t = preset("k2").text
-    mla, mha = kv_cache_bytes_per_token(t, "mla"), kv_cache_bytes_per_token(t, "mha")
-    lines["k2 KV-cache/token"] = f"MLA {mla / 1024:.1f} KiB vs MHA {mha / 1024:.1f} KiB ({mha / mla:.1f}x smaller)"
-    return lines
+def _card_rows(metrics: dict[str, dict], results_dir: Path, scale: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for e in EXPERIMENTS:
+        if e.speedrun is None:
+            continue
+        fn = resolve(e.speedrun.split(":")[0] + ":card")
+        rows += fn(metrics, results_dir, scale)
+    return rows
 
 
-def stage_world(seed: int = 0) -> dict[str, str]:
-    """Build (or reuse from data/cache/) every training corpus and eval suite at the current scale."""
-    import datasets
-
-    from k25mini.data import build_corpus, eval_dataset
-    from k25mini.world import CORPORA, SUITES, chance_baseline
-
-    datasets.disable_progress_bars()
-    scale = current_scale()
-    t0 = time.time()
-    rows = media = 0
-    for name in CORPORA:
-        ds = build_corpus(name, seed, scale)
-        rows += len(ds)
-        media += sum(len(m) for m in ds["media"])
-    n_eval = {s: len(eval_dataset(s, seed, scale)) for s in SUITES}
-    return {
-        "training corpora": f"{len(CORPORA)} corpora, {rows:,} rows, {media:,} images/videos (seed {seed})",
-        "eval suites": ", ".join(f"{s} {n}" for s, n in n_eval.items()),
-        "chance baselines": ", ".join(f"{s} {chance_baseline(s):.3f}" for s in SUITES),
-        "time (build or cache hit)": f"{time.time() - t0:.1f} s",
-    }
-
-
-def stage_swarm() -> dict[str, str]:
-    """Single agent vs PARL-trained swarm (reuses results/swarm_<scale>.json when config and seeds match)."""
-    from k25mini.swarm import default_config, run_experiment
-
-    res = run_experiment(default_config(), log=lambda msg: None)
-    s = res["summary"]
-
-    def ms(d: dict, scale: float = 100.0) -> str:
-        return f"{d['mean'] * scale:.1f} ± {d['std'] * scale:.1f}"
-
-    single, swarm = s["single"]["wide"], s["swarm"]["wide"]
-    return {
-        "seeds": str(res["seeds"]),
-        "single agent (wide)": f"item-F1 {ms(single['item_f1'])}, critical steps {ms(single['critical_steps'], 1)}",
-        "swarm after PARL (wide)": f"item-F1 {ms(swarm['item_f1'])}, critical steps {ms(swarm['critical_steps'], 1)}, "
-        f"avg parallelism {ms(swarm['avg_parallel'], 1)}",
-        "acceptance": ", ".join(f"{k}={v}" for k, v in s["acceptance"].items()),
-    }
+def report_card(record: dict[str, Any], results_dir: Path) -> str:
+    """The markdown of docs/report_card.md from a speedrun record (see :func:`run`)."""
+    scale = record["scale"]
+    metrics = {k: v["metrics"] for k, v in record["stages"].items() if v.get("status") == "ok"}
+    lines = [f"# Report card: one nano K2.5 trained by `make speedrun` (scale `{scale}`)", "",
+             "Generated by `python -m k25mini.speedrun` from its own run and the committed results; do not edit by "
+             "hand. *ours*: this speedrun (one seed, trained from scratch in chapter order, each stage from the "
+             "previous checkpoint); *committed*: the chapter's multi-seed experiment in `results/` (mean ± sample "
+             "sd); *paper*: arXiv 2602.02276.", "",
+             f"Mode `{record['mode']}`; wall time {record['seconds'] / 60:.1f} min; torch {record['torch']}, "
+             f"{record['threads']} threads.", ""]
+    flags = [f"- `{k}`: {v['stale']}" for k, v in record["stages"].items() if v.get("stale")]
+    reused = [f"- `{k}`: REUSED `{v['reused']}`" for k, v in record["stages"].items() if v.get("reused")]
+    if reused:
+        lines += ["**Nothing was trained: these numbers replay committed results (`--reuse`).**", "", *reused, ""]
+    if flags:
+        lines += ["**Stale results (made by other code than the current one):**", "", *flags, ""]
+    lines += ["| finding | paper | committed | ours | verdict |", "|---|---|---|---|---|"]
+    for r in _card_rows(metrics, results_dir, scale):
+        lines.append(f"| {r['finding']} | {r['paper']} | {r['committed']} | {r['ours']} | {r['verdict']} |")
+    lines += ["", "| stage | status | seconds | result |", "|---|---|---|---|"]
+    for v in record["stages"].values():
+        res = "; ".join(f"{a}: {b}" for a, b in v.get("lines", {}).items())
+        status = v["status"] + (" (resumed)" if v.get("resumed") else "") + (" (reused)" if v.get("reused") else "")
+        lines.append(f"| {v['title']} | {status} | {v.get('seconds', 0):.0f} | {res} |")
+    return "\n".join(lines) + "\n"
 
 
-def stage_report() -> dict[str, str]:
-    """Regenerate docs/reproduction.md (paper vs ours) from results/."""
-    from k25mini import report
+def run(scale: str | None = None, mode: str = "train", runs_dir: Path | None = None,
+        results_dir: Path | None = None, docs_dir: Path | None = None, progress: bool = True,
+        only: tuple[str, ...] | None = None, log=print) -> dict[str, Any]:
+    """Run every registered stage; returns the record written to ``results_dir/speedrun_<scale>.json``.
 
-    text = report.build()
-    return {"docs/reproduction.md": f"{len(text.splitlines())} lines regenerated from results/"}
+    ``mode``: ``train`` (resume finished stages), ``fresh`` (train in a new folder, which replaces
+    ``runs_dir`` only when every stage has finished), ``reuse`` (replay committed results). ``only``: stage keys
+    to run (the others are skipped; a stage that needs an earlier one's checkpoint then fails clearly)."""
+    import torch
 
-
-def _resolve(path: str):
-    mod_name, fn_name = path.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and mod_name.startswith(e.name):
-            return None
-        raise
-    return getattr(mod, fn_name)
+    scale = current_scale() if scale is None else scale
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    docs_dir = Path(docs_dir) if docs_dir is not None else ROOT / "docs"
+    final_runs = Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "speedrun" / scale
+    work = final_runs.with_name(final_runs.name + ".fresh") if mode == "fresh" else final_runs
+    if mode == "fresh" and work.exists():
+        shutil.rmtree(work)
+    ctx = StageContext(scale=scale, runs_dir=work, results_dir=results_dir, mode=mode, progress=progress, log=log)
+    stages = [st for e in EXPERIMENTS if e.speedrun is not None for st in e.resolve("speedrun")(scale)]
+    keys = [st.key for st in stages]
+    bad = [k for k in only if k not in keys] if only is not None else []
+    if bad:
+        raise ValueError(f"only: unknown stage(s) {bad}; stages are {keys}")
+    record: dict[str, Any] = {"scale": scale, "mode": mode, "stages": {}, "torch": torch.__version__,
+                              "threads": torch.get_num_threads()}
+    out = results_dir / f"speedrun_{scale}.json"
+    t_all = time.time()
+    failed = False
+    for st in stages:
+        if only is not None and st.key not in only:
+            continue
+        log(f"[run ] {st.title} ...")
+        t0 = time.time()
+        try:
+            r = st.run(ctx)
+        except Exception as e:  # report which stage failed, keep what the earlier stages measured
+            log(f"[FAIL] {st.title}: {type(e).__name__}: {e}")
+            record["stages"][st.key] = {"title": st.title, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                                        "seconds": time.time() - t0, "metrics": {}}
+            failed = True
+            break
+        dt = time.time() - t0
+        record["stages"][st.key] = {"title": st.title, "status": "ok", "seconds": round(dt, 2), "lines": r.lines,
+                                    "metrics": r.metrics, "reused": r.reused, "stale": r.stale,
+                                    "resumed": r.resumed}
+        if r.reused:
+            log(f"       REUSED {r.reused}")
+        for k, v in r.lines.items():
+            log(f"       {k:>28}: {v}")
+        if r.stale:
+            log(f"       {r.stale}")
+        log(f"[ ok ] {st.title} ({dt:.1f} s{', resumed' if r.resumed else ''})")
+    record["seconds"] = time.time() - t_all
+    record["complete"] = not failed and only is None
+    if mode == "fresh" and not failed:  # the fresh run replaces the old one only once it has finished
+        if final_runs.exists():
+            shutil.rmtree(final_runs)
+        work.rename(final_runs)
+    stamped = write_result(out, record, experiment="speedrun", package="k25mini.experiments", wall_s=record["seconds"])
+    name = "report_card.md" if scale == "cpu" else f"report_card_{scale}.md"
+    card = docs_dir / name
+    tmp = card.with_name(f".{name}.tmp")
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(report_card(stamped, results_dir), encoding="utf-8")
+    tmp.replace(card)
+    log(f"speedrun {'FAILED' if failed else 'finished'} in {record['seconds'] / 60:.1f} min; wrote "
+        f"{out} and {card}")
+    return stamped
 
 
 def main(argv: list[str] | None = None) -> int:
-    scale = current_scale()
+    ap = argparse.ArgumentParser(description="train one nano K2.5 from scratch in chapter order (K25_SCALE)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--reuse", action="store_true", help="train nothing: replay the committed results")
+    g.add_argument("--fresh", action="store_true", help="ignore everything on disk and train from scratch")
+    ap.add_argument("--only", nargs="+", help="run only these stage keys")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = ap.parse_args(argv)
     print(f"k25mini speedrun - {describe()}\n", flush=True)
-    report: dict[str, dict] = {}
-    t_all = time.time()
-    for name, path in STAGES:
-        fn = _resolve(path)
-        if fn is None:
-            print(f"[skip] {name}: not built yet")
-            report[name] = {"status": "not built yet"}
-            continue
-        print(f"[run ] {name} ...", flush=True)
-        t0 = time.time()
-        try:
-            lines = fn()
-        except Exception as e:  # report which stage failed, keep earlier results
-            print(f"[FAIL] {name}: {type(e).__name__}: {e}")
-            report[name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-            _write(report, scale)
-            return 1
-        dt = time.time() - t0
-        report[name] = {"status": "ok", "seconds": round(dt, 2), "report": lines}
-        for k, v in lines.items():
-            print(f"       {k:>24}: {v}")
-        print(f"[ ok ] {name} ({dt:.1f} s)\n", flush=True)
-    path = _write(report, scale)
-    print(f"speedrun finished in {time.time() - t_all:.1f} s; report written to {path.relative_to(ROOT)}")
-    return 0
-
-
-def _write(report: dict, scale: str) -> Path:
-    out = ROOT / "results" / f"speedrun_{scale}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"scale": scale, "stages": report}, indent=2))
-    os.replace(tmp, out)
-    return out
+    mode = "reuse" if a.reuse else "fresh" if a.fresh else "train"
+    rec = run(mode=mode, progress=not a.no_progress, only=tuple(a.only) if a.only else None,
+              log=lambda m: print(m, flush=True))
+    return 0 if all(v["status"] == "ok" for v in rec["stages"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from k25mini.pretrain.fusion_schedule import SCHEDULES, token_plan
 from k25mini.pretrain.packing import IGNORE, Doc, MixedPacker
-from k25mini.pretrain.schedule import SCHEDULES, token_plan
 
 PAD, MB, ME = 258, 256, 259
 

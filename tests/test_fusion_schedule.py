@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from k25mini.pretrain.schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
+from k25mini.pretrain.fusion_schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
 
 
 def test_table1_schedules_have_equal_vision_share():

@@ -189,7 +189,7 @@ def _fake_seed(single_finished: float, single_cs: float, swarm_par: list[float],
 
 
 def test_ratio_against_single_agent_that_never_finishes_is_not_a_pass():
-    from k25mini.swarm.experiments import summarize
+    from k25mini.experiments.ch08_swarm import summarize
 
     # the single agent runs to its 40-step limit without answering: the 4x "speed-up" must not count
     bad = summarize({str(s): _fake_seed(0.0, 40.0, [0.0] * 6) for s in range(3)})
@@ -212,8 +212,8 @@ def test_ratio_against_single_agent_that_never_finishes_is_not_a_pass():
 def test_report_section_from_results_dir(tmp_path):
     import json
 
-    from k25mini.swarm.experiments import PAPER, summarize
-    from k25mini.swarm.report import markdown_section
+    from k25mini.experiments.ch08_swarm import PAPER, summarize
+    from k25mini.experiments.ch08_swarm.report import markdown_section
 
     assert "No `results/swarm_*.json`" in markdown_section(tmp_path)
     per_seed = {str(s): _fake_seed(0.0, 40.0, [0.0] * 6) for s in range(3)}
@@ -237,7 +237,7 @@ def test_run_experiment_seeds_in_processes_match_one_process(tmp_path):
     import json
     from dataclasses import replace
 
-    from k25mini.swarm.experiments import default_config, run_experiment
+    from k25mini.experiments.ch08_swarm import default_config, run_experiment
 
     cfg = replace(default_config("smoke"), seeds=[0, 1], variants=["full"], budgets=[None])
     for bad in (0, True, 1.5):

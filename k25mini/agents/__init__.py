@@ -49,7 +49,7 @@ from k25mini.agents.toolcall import (
     parse_tool_calls,
 )
 from k25mini.agents.trace import episode_records, load_episodes, plot_timeline, save_episodes
-from k25mini.agents.web import FakeWeb, Web, hit_page_id, render_hits, render_page
+from k25mini.agents.web import FakeWeb, WebBackend, hit_page_id, render_hits, render_page
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -80,7 +80,7 @@ __all__ = [
     "SwarmRuntime",
     "ToolCall",
     "ToolCallFormat",
-    "Web",
+    "WebBackend",
     "critical_steps",
     "default_validate_answer",
     "episode_records",

@@ -1,11 +1,12 @@
-"""The web the agents search and browse: any object with ``search(query, k)`` and ``browse(page_id)``.
+"""The web the agents search and browse: any object with ``search(query, k)`` and ``browse(page_id)``
+(the :class:`WebBackend` protocol).
 
 The runtime needs nothing else. Methods may be plain or ``async``; may return strings, dicts,
 dataclasses or objects with attributes; may raise (the error becomes the agent's observation).
 Search hits are rendered one per line, ``[page_id] title: snippet`` when those fields exist
 (``id`` / ``url`` also count as the page id; ``text`` / ``summary`` as the snippet), else ``str(hit)``.
 
-Plugging in the project's toy world (``k25mini.world``): pass its ``Web`` object straight to
+Plugging in the project's toy world: pass its ``k25mini.world.Web`` object (a ``WebBackend``) straight to
 ``SwarmRuntime(web=...)``. If its method names or signatures differ, wrap it in a 10-line adapter class
 with these two methods. :class:`FakeWeb` below is a tiny in-memory web for tests and demos.
 """
@@ -21,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
-class Web(Protocol):
+class WebBackend(Protocol):
     """What the runtime calls. Either method may be ``async``."""
 
     def search(self, query: str, k: int) -> Any: ...

@@ -10,9 +10,10 @@ Images are stored as lossless PNG bytes (small, deterministic); a video of ``T``
 its frames stacked vertically with ``frames = T`` (``frames = 0`` marks a still image).
 :func:`decode_media` gives back ``uint8 [H, W, 3]`` / ``[T, H, W, 3]`` arrays.
 
-Cache key: ``<name>-seed<seed>-<scale>-v<DATA_VERSION>``; change ``DATA_VERSION`` whenever a generator
-changes its output. :func:`load_corpus` also accepts a local ``save_to_disk`` folder or a hub dataset
-name (``HUB_NAME``-style ``owner/repo`` with one config per corpus); tests never touch the hub.
+Cache key (corpora and eval sets): ``<name>-seed<seed>-<scale>-v<DATASET_CACHE_VERSION>``; change
+``DATASET_CACHE_VERSION`` whenever a generator changes its output. :func:`load_corpus` also accepts a local
+``save_to_disk`` folder or a hub dataset name (``HUB_NAME``-style ``owner/repo`` with one config per corpus);
+tests never touch the hub.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from k25mini.world.items import Item, check_suite
 from k25mini.world.world import World, check_seed
 
 __all__ = [
-    "DATA_VERSION",
+    "DATASET_CACHE_VERSION",
     "DEFAULT_CACHE",
     "HUB_NAME",
     "FEATURES",
@@ -50,7 +51,7 @@ __all__ = [
     "load_corpus",
 ]
 
-DATA_VERSION = "1"
+DATASET_CACHE_VERSION = "1"
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "data" / "cache"
 # Where a published copy would live (push with ``ds.push_to_hub(HUB_NAME, config_name=corpus)``).
 # It is documentation only: nothing in the project downloads it.
@@ -145,7 +146,7 @@ def cache_path(
 ) -> Path:
     base = Path(DEFAULT_CACHE if cache_dir is None else cache_dir)
     extra = "" if n_rows is None else f"-n{n_rows}"
-    return base / f"{name}-seed{check_seed(seed)}-{_scale(scale)}{extra}-v{DATA_VERSION}"
+    return base / f"{name}-seed{check_seed(seed)}-{_scale(scale)}{extra}-v{DATASET_CACHE_VERSION}"
 
 
 def _gen_corpus(name: str, seed: int, scale: str, n_rows: int | None):

@@ -5,13 +5,17 @@ recognised when their literal text (e.g. ``<|media_pad|>``) appears in the input
 
 Media: a prompt carries ONE ``<|media_pad|>`` per image (per 4-frame chunk for videos); once the vision
 tower knows how many merged tokens each chunk yields, :meth:`Tokenizer.expand_media` repeats each
-placeholder that many times, so the language model sees one pad position per vision token.
+placeholder that many times, so the language model sees one pad position per vision token. The placeholder
+text (``IMAGE_PLACEHOLDER``, ``media_placeholder``, ``num_video_chunks``) lives in :mod:`k25mini.world.media`
+and is re-exported here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
+from k25mini.world.media import IMAGE_PLACEHOLDER, media_placeholder, num_video_chunks
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -44,26 +48,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<|tool_call_argument_begin|>",
 )
 VOCAB_SIZE = 512
-IMAGE_PLACEHOLDER = "<|media_begin|>image<|media_content|><|media_pad|><|media_end|>"
-
-
-def num_video_chunks(num_frames: int, chunk_size: int = 4) -> int:
-    """Chunks the vision tower cuts a ``num_frames`` video into (the last one may be shorter)."""
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    return -(-num_frames // chunk_size)
-
-
-def media_placeholder(kind: str = "image", num_frames: int = 1, chunk_size: int = 4) -> str:
-    """Placeholder text for one image, or for a video (one block with one pad per chunk)."""
-    if kind == "image":
-        return IMAGE_PLACEHOLDER
-    if kind == "video":
-        pads = "<|media_pad|>" * num_video_chunks(num_frames, chunk_size)
-        return f"<|media_begin|>video<|media_content|>{pads}<|media_end|>"
-    raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
 
 
 class Tokenizer:

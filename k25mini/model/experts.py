@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.grouped_torch import grouped_mm_supported, moe_grouped_torch
+try:
+    from kernels.grouped_torch import grouped_mm_supported, moe_grouped_torch
+except ModuleNotFoundError as err:  # another distribution named `kernels` (Hugging Face's hub) shadows ours
+    if err.name != "kernels.grouped_torch":
+        raise
+    raise ImportError(
+        f"`import kernels` found {getattr(importlib.import_module('kernels'), '__file__', None)}, not k25mini's "
+        "kernels/ folder (another package named 'kernels' is installed; see docs/layout.md)"
+    ) from err
 
 __all__ = [
     "BACKENDS",

@@ -13,11 +13,15 @@ Training hooks (all per layer):
   language-model loss: :func:`moe_aux_loss` sums it over a model.
 * ``last_load``: tokens per expert [E] (int64) in the last forward (this process's tokens).
 * ``update_bias()``: aux-loss-free balancing, ``bias += rate * sign(mean(load) - load)`` with the loads summed
-  over every training-mode forward (micro-batch) since the previous call. Call it after ``optimizer.step()``
-  (:func:`update_moe_biases` does it for a whole model).
+  over every training-mode forward (micro-batch) since the previous call. It must run after every
+  ``optimizer.step()``: :func:`attach_moe_bias_update` registers :func:`update_moe_biases` (every layer of a
+  model) as the optimiser's step post-hook, and :func:`k25mini.optim.build_optimizer` does that whenever the
+  model has MoE layers, so no training loop has to remember the call.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +33,8 @@ from k25mini.model.experts import GroupedExperts
 from k25mini.model.router import Router, aux_free_bias_update, expert_load, sequence_aux_loss
 from k25mini.model.swiglu import SwiGLU
 
-__all__ = ["MoELayer", "moe_aux_loss", "update_moe_biases", "apply_expert_parallel"]
+__all__ = ["MoELayer", "MoEBiasUpdate", "attach_moe_bias_update", "moe_aux_loss", "update_moe_biases",
+           "apply_expert_parallel", "has_moe_layers"]
 
 
 class MoELayer(nn.Module):
@@ -151,6 +156,72 @@ def update_moe_biases(model: nn.Module, group: dist.ProcessGroup | None = None) 
     for m in model.modules():
         if isinstance(m, MoELayer):
             m.update_bias(group)
+
+
+def has_moe_layers(model: nn.Module) -> bool:
+    """Whether ``model`` contains at least one :class:`MoELayer`."""
+    return any(isinstance(m, MoELayer) for m in model.modules())
+
+
+class MoEBiasUpdate:
+    """The optimiser step post-hook that :func:`attach_moe_bias_update` registers.
+
+    Each call runs :func:`update_moe_biases` on ``model`` with ``group``; ``calls`` counts them.
+    ``remove()`` unregisters the hook (the optimiser's ``moe_bias_update`` attribute is cleared).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module,
+                 group: dist.ProcessGroup | None) -> None:
+        self.model = model
+        self.group = group
+        self.calls = 0
+        self._optimizer = optimizer
+        self._handle = optimizer.register_step_post_hook(self._hook)
+
+    def _hook(self, _opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        update_moe_biases(self.model, self.group)
+        self.calls += 1
+
+    def remove(self) -> None:
+        """Unregister the hook; later steps no longer update the biases."""
+        self._handle.remove()
+        if getattr(self._optimizer, "moe_bias_update", None) is self:
+            self._optimizer.moe_bias_update = None  # type: ignore[attr-defined]
+
+
+def attach_moe_bias_update(optimizer: torch.optim.Optimizer, model: nn.Module,
+                           group: dist.ProcessGroup | None = None) -> MoEBiasUpdate | None:
+    """Run the aux-loss-free bias update of every MoE layer of ``model`` after each ``optimizer.step()``.
+
+    Registers a :class:`MoEBiasUpdate` with ``optimizer.register_step_post_hook`` (it runs after the hooks
+    registered before it, e.g. QK-Clip) and stores it as ``optimizer.moe_bias_update``. ``group``: sum the
+    expert loads over this process group (data parallelism) so every replica moves its bias alike; None keeps
+    :meth:`MoELayer.update_bias`'s default (the expert-parallel group of an expert-parallel layer, else local).
+    Frozen layers keep their bias (see :meth:`MoELayer.update_bias`).
+
+    Idempotent: attaching again for the same model and group returns the existing hook (one update per step).
+    Returns None, attaching nothing, when ``model`` has no MoE layer. Raises ValueError when the optimiser
+    already updates another model's biases or uses another group.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if group is not None and not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        raise ValueError(f"group must be None or a torch.distributed.ProcessGroup, got {type(group).__name__}")
+    existing = getattr(optimizer, "moe_bias_update", None)
+    if existing is not None:
+        if existing.model is not model:
+            raise ValueError("this optimizer already runs the MoE bias update of another model")
+        if existing.group is not group:
+            raise ValueError(f"this optimizer already runs the MoE bias update with group {existing.group!r}, "
+                             f"not {group!r}; build the optimizer with the process group you train with")
+        return existing
+    if not has_moe_layers(model):
+        return None
+    hook = MoEBiasUpdate(optimizer, model, group)
+    optimizer.moe_bias_update = hook  # type: ignore[attr-defined]
+    return hook
 
 
 def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:

@@ -9,13 +9,18 @@ Parameter routing (``param_groups_for``):
 * Muon: 2-D weight matrices, and stacked expert weights (``experts.*`` with 3 dims, one matrix per
   expert); the fused ``w_gate_up`` [E, D, 2F] is orthogonalised as separate gate and up halves
   (``split_last=2``, see :mod:`k25mini.optim.muon`).
+
+Step post-hooks: QK-Clip (when on), then the MoE router-bias update (whenever the model has MoE layers,
+:func:`k25mini.model.moe.attach_moe_bias_update`), so every loop that steps the optimiser updates the bias.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from k25mini.model.moe import attach_moe_bias_update
 from k25mini.optim.muon import MuonClip
 from k25mini.optim.qk_clip import QKClip
 
@@ -63,6 +68,7 @@ def build_optimizer(
     eps: float = 1e-8,
     momentum: float = 0.95,
     qk_clip_tau: float | None = None,
+    moe_group: dist.ProcessGroup | None = None,
 ) -> torch.optim.Optimizer:
     """An optimiser for ``model``.
 
@@ -74,7 +80,13 @@ def build_optimizer(
       ``qk_clip_tau`` is given.
     ``adamw_lr`` (default ``lr``) is the learning rate of the AdamW-managed parameters under MuonClip.
 
-    The returned optimiser has ``.qk_clip`` (a :class:`QKClip` or None) for logging.
+    When ``model`` has MoE layers, their aux-loss-free router-bias update runs as a step post-hook after
+    QK-Clip (:func:`~k25mini.model.moe.attach_moe_bias_update`); ``moe_group`` is the process group the expert
+    loads are summed over (pass the data-parallel group, e.g. ``dist.group.WORLD``, when training data
+    parallel; None: local, or the expert-parallel group of an expert-parallel layer).
+
+    The returned optimiser has ``.qk_clip`` (a :class:`QKClip` or None) for logging and ``.moe_bias_update``
+    (a :class:`~k25mini.model.moe.MoEBiasUpdate`, or None without MoE layers).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -82,6 +94,8 @@ def build_optimizer(
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if moe_group is not None and not (dist.is_available() and isinstance(moe_group, dist.ProcessGroup)):
+        raise ValueError(f"moe_group must be None or a torch.distributed.ProcessGroup, got {type(moe_group).__name__}")
     alr = lr if adamw_lr is None else adamw_lr
     groups = param_groups_for(model)
     if kind == "adamw":
@@ -103,4 +117,6 @@ def build_optimizer(
     if clip is not None:
         opt.register_step_post_hook(lambda _opt, _args, _kwargs: clip())
     opt.qk_clip = clip  # type: ignore[attr-defined]
+    opt.moe_bias_update = None  # type: ignore[attr-defined]
+    attach_moe_bias_update(opt, model, moe_group)  # after QK-Clip; sets opt.moe_bias_update when it attaches
     return opt

@@ -4,7 +4,7 @@ A document is ``Doc(ids, media)``: token ids where every image/video chunk alrea
 run of ``<|media_pad|>`` tokens (one per merged vision token), and the media arrays in order.
 
 Per step the packer receives a budget (vision tokens, text tokens) from
-:func:`k25mini.pretrain.schedule.token_plan` and fills ``rows`` sequences of ``seq_len`` tokens:
+:func:`k25mini.pretrain.fusion_schedule.token_plan` and fills ``rows`` sequences of ``seq_len`` tokens:
 
 * image-text documents are never split (a media span must stay whole); they are taken while the
   running vision budget allows, and a shortfall carries over to the next step;

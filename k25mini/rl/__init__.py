@@ -3,23 +3,32 @@
     from k25mini.rl import get_loss, group_advantages
     adv = group_advantages(rewards, group_size=K)              # r − mean of the K samples (no std)
     loss, stats = get_loss("kimi_k25")(logp, old_logp, adv, mask, alpha=0.5, beta=2.0, tau=0.01)
+
+    # or the whole update step of a causal LM on sampled completions (k25mini.rl.step):
+    stats = policy_update(model, optimizer, pack_completions(seqs, pad_id), loss="kimi_k25", updates=2, **hp)
 """
 
 from k25mini.rl.advantages import group_advantages, group_ids_from_size
 from k25mini.rl.losses import LOG_RATIO_CLAMP, LOSSES, get_loss, policy_loss, register_loss
 from k25mini.rl.parl import PARLConfig, PARLReward, anneal_weight, parl_reward, r_finish, r_parallel
+from k25mini.rl.step import CompletionBatch, completion_logp, pack_completions, pad_completions, policy_update
 
 __all__ = [
+    "CompletionBatch",
     "LOG_RATIO_CLAMP",
     "LOSSES",
     "PARLConfig",
     "PARLReward",
     "anneal_weight",
+    "completion_logp",
     "get_loss",
     "group_advantages",
     "group_ids_from_size",
+    "pack_completions",
+    "pad_completions",
     "parl_reward",
     "policy_loss",
+    "policy_update",
     "r_finish",
     "r_parallel",
     "register_loss",

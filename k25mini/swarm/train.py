@@ -2,11 +2,15 @@
 
 * :func:`build_lm`: a small k25mini K2 decoder (MLA + one MoE layer) over the toy byte tokenizer.
 * :func:`collect_sft_pairs` / :func:`sft`: (prompt, completion) pairs from scripted episodes; next-token
-  loss on completion tokens only.
+  loss on completion tokens only, trained by the shared :class:`k25mini.train.Trainer`.
 * :func:`rl_train`: sample G episodes per task from the current orchestrator (π_old), reward each with
   PARL (``PARLReward``: λ1·r_parallel + λ2·r_finish + item-F1, λ annealed to exactly 0), group-mean baseline,
-  ``get_loss("kimi_k25")`` over the orchestrator's own completion tokens. Subagent steps are never in the
-  batch (``Episode.loss_steps()`` holds main-agent steps only) and the subagent model is frozen.
+  ``get_loss("kimi_k25")`` over the orchestrator's own completion tokens (the generic update step is
+  :func:`k25mini.rl.policy_update`). Subagent steps are never in the batch (``Episode.loss_steps()`` holds
+  main-agent steps only) and the subagent model is frozen.
+
+Both build their optimiser with :func:`k25mini.optim.build_optimizer` (AdamW, no weight decay), whose step
+post-hook runs the MoE layer's aux-loss-free router-bias update after every step.
 """
 
 from __future__ import annotations
@@ -23,17 +27,22 @@ from k25mini.agents import Episode
 from k25mini.config import nano
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.model import K2ForCausalLM
-from k25mini.rl import PARLConfig, PARLReward, get_loss, group_advantages
+from k25mini.optim import build_optimizer
+from k25mini.rl import PARLConfig, PARLReward, group_advantages
+from k25mini.rl.step import completion_logp, pack_completions, pad_completions, policy_update
 from k25mini.swarm.env import EnvConfig, aggregate, episode_metrics, make_runtime, run_episodes
 from k25mini.swarm.policy import LMPolicy
 from k25mini.swarm.tasks import SwarmTask
+from k25mini.train import Callback, TrainConfig, Trainer
+from k25mini.train.rng import capture_rng_state, restore_rng_state
 from k25mini.world import World
 
 __all__ = ["build_lm", "lm_config", "collect_sft_pairs", "sft", "RLConfig", "rl_train", "rollout_batch",
-           "sequences_from_episodes", "completion_logp", "rl_step", "frozen_copy"]
+           "sequences_from_episodes", "completion_logp", "rl_step", "frozen_copy", "swarm_optimizer"]
 
 _TOK = Tokenizer()
 PAD = _TOK.pad_id
+_ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the swarm has always trained with
 
 
 def lm_config(hidden: int = 64, layers: int = 2):
@@ -78,37 +87,60 @@ def collect_sft_pairs(episodes: list[Episode], roles: tuple[str, ...] = ("main",
 
 def _pad_batch(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, S] (right-padded) and a completion mask [B, S] marking completion positions."""
-    S = max(len(p) + len(c) for p, c in pairs)
-    ids = torch.full((len(pairs), S), PAD, dtype=torch.long)
-    comp = torch.zeros((len(pairs), S), dtype=torch.bool)
-    for i, (p, c) in enumerate(pairs):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        comp[i, len(p) : len(p) + len(c)] = True
-    return ids, comp
+    return pad_completions(pairs, PAD)
+
+
+def swarm_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW (no weight decay) over ``model``'s trainable parameters via ``build_optimizer``, so the MoE
+    router-bias update runs after every step."""
+    return build_optimizer(model, kind="adamw", lr=lr, weight_decay=0.0, betas=_ADAM_BETAS)
+
+
+class _LogLoss(Callback):
+    def __init__(self, log: Callable[[int, float], None]) -> None:
+        self.log = log
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.log(record["step"] - 1, record["loss"])
 
 
 def sft(model: nn.Module, pairs: list[tuple[list[int], list[int]]], steps: int, batch_size: int = 32,
         lr: float = 3e-3, seed: int = 0, log: Callable[[int, float], None] | None = None) -> list[float]:
-    """Next-token cross-entropy on completion tokens; returns the loss per step."""
+    """Next-token cross-entropy on completion tokens; returns the loss per step.
+
+    Runs the shared :class:`~k25mini.train.Trainer` (AdamW via ``build_optimizer``, constant lr, grad-norm
+    clip 1.0, fp32): each step draws ``batch_size`` pairs with ``random.Random(seed)``; ``log(step, loss)`` is
+    called after each (0-based) step. The global RNG states are left as they were."""
     if not pairs:
         raise ValueError("pairs must be non-empty")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if steps == 0:
+        return []
     rng = random.Random(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for step in range(steps):
-        batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
-        ids, comp = _pad_batch(batch)
-        labels = ids.masked_fill(~comp, -100)
-        loss = model.loss(ids, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log is not None:
-            log(step, losses[-1])
-    return losses
+    picks = [[rng.randrange(len(pairs)) for _ in range(batch_size)] for _ in range(steps)]
+
+    def batch_at(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, comp = _pad_batch([pairs[j] for j in picks[index]])
+        return ids, ids.masked_fill(~comp, -100)
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ids, labels = batch
+        return m.loss(ids, labels)
+
+    cfg = TrainConfig(steps=steps, lr=lr, weight_decay=0.0, betas=_ADAM_BETAS, decay="constant", warmup_steps=0,
+                      grad_clip=1.0, optimizer="adamw", log_every=1, eval_at_end=False, save_final=False,
+                      bf16=False, progress=False, seed=seed)
+    rng_state = capture_rng_state()  # the Trainer seeds the global RNGs; sft leaves them as it found them
+    try:
+        # the Trainer builds the optimiser from cfg: build_optimizer(kind="adamw"), as swarm_optimizer does
+        trainer = Trainer(model, loss_fn, batch_at, cfg, callbacks=[_LogLoss(log)] if log is not None else ())
+        history = trainer.fit()
+    finally:
+        restore_rng_state(rng_state)
+    return [r["loss"] for r in history if r["split"] == "train"]
 
 
 # ------------------------------------------------------------------------------------- RL
@@ -150,34 +182,12 @@ def sequences_from_episodes(episodes: list[Episode], advantages: torch.Tensor):
     return seqs
 
 
-def completion_logp(model: nn.Module, ids: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-    """log π(token) at every completion position [B, S] (0 elsewhere); position t is predicted at t-1."""
-    logits = model(ids)[:, :-1].float()
-    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
-    return torch.where(comp, lp, torch.zeros_like(lp))
-
-
 def rl_step(model: nn.Module, opt: torch.optim.Optimizer, seqs, cfg: RLConfig) -> dict[str, float]:
-    """``cfg.updates_per_iter`` K2.5-loss updates on one batch of sequences; returns the last stats."""
-    pairs = [(p, c) for p, c, _, _ in seqs]
-    ids, comp = _pad_batch(pairs)
-    old = torch.zeros(ids.shape)
-    for i, (p, c, lp, _) in enumerate(seqs):
-        old[i, len(p) : len(p) + len(c)] = torch.tensor(lp)
-    adv = torch.tensor([a for *_, a in seqs], dtype=torch.float32)
-    loss_fn = get_loss("kimi_k25")
-    stats: dict[str, float] = {}
-    model.train()
-    for _ in range(cfg.updates_per_iter):
-        logp = completion_logp(model, ids, comp)
-        loss, stats = loss_fn(logp, old, adv, comp, alpha=cfg.alpha, beta=cfg.beta, tau=cfg.tau)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        stats["loss"] = float(loss.detach())
-    return stats
+    """``cfg.updates_per_iter`` K2.5-loss updates on one batch of sequences; returns the last stats.
+
+    The generic step is :func:`k25mini.rl.policy_update` (grad-norm clip 1.0; the MoE bias hook runs)."""
+    return policy_update(model, opt, pack_completions(seqs, PAD), loss="kimi_k25", updates=cfg.updates_per_iter,
+                         grad_clip=1.0, alpha=cfg.alpha, beta=cfg.beta, tau=cfg.tau)
 
 
 def rollout_batch(world: World, tasks: list[SwarmTask], policy: LMPolicy, subagent: Any, env: EnvConfig,
@@ -194,7 +204,7 @@ def rl_train(model: nn.Module, world: World, tasks: list[SwarmTask], env: EnvCon
     if swarm and subagent is None:
         raise ValueError("subagent is required when swarm=True")
     rng = random.Random(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    opt = swarm_optimizer(model, cfg.lr)
     reward = PARLReward(cfg.parl, cfg.iterations)
     history = []
     for it in range(cfg.iterations):

@@ -6,7 +6,7 @@
     trainer.resume()   # no-op on a fresh out_dir
     trainer.fit()
 
-Modules: config (TrainConfig), schedule (warmup + cosine), data (the batch-source contract), checkpoint
+Modules: config (TrainConfig), lr_schedule (warmup + cosine), data (the batch-source contract), checkpoint
 (safetensors + JSON, atomic, resumable), rng (JSON RNG state), distributed (torchrun / FSDP2), liveplot.
 """
 
@@ -22,8 +22,8 @@ from k25mini.train.config import DECAYS, OPTIMIZERS, TrainConfig
 from k25mini.train.data import StatefulBatches, shard_batch, to_device
 from k25mini.train.distributed import DistInfo, init_distributed, shard_model
 from k25mini.train.liveplot import LivePlot, in_notebook
+from k25mini.train.lr_schedule import lr_factor
 from k25mini.train.rng import capture_rng_state, restore_rng_state, seed_everything
-from k25mini.train.schedule import lr_factor
 from k25mini.train.trainer import Callback, Trainer, make_optimizer
 
 __all__ = [

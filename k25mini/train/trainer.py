@@ -8,8 +8,10 @@ One optimiser step::
         loss, metrics = loss_fn(model, batch)             (bf16 autocast on CUDA only)
         (loss / grad_accum).backward()
     grad_norm = clip_grad_norm_(grad_clip)                (norm always computed, for the log)
-    optimizer.step()                                      (MuonClip's QK-Clip runs as its post-step hook)
-    post_step hooks(trainer); model.update_moe_bias()     (aux-loss-free MoE bias, if the model has it)
+    optimizer.step()                                      (its step post-hooks: MuonClip's QK-Clip, then the
+                                                           aux-loss-free MoE router-bias update if the model
+                                                           has MoE layers)
+    post_step hooks(trainer)
     zero_grad; step += 1; log / eval / checkpoint when due
 
 ``loss_fn(model, batch)`` returns a scalar loss tensor, or ``(loss, metrics)`` with ``metrics`` a dict of
@@ -25,7 +27,6 @@ are averaged over ranks, only rank 0 writes logs; checkpoints gather full tensor
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -36,14 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from k25mini.model.moe import attach_moe_bias_update
 from k25mini.train import distributed as D
 from k25mini.train.checkpoint import load_checkpoint, save_checkpoint
 from k25mini.train.config import TrainConfig
 from k25mini.train.data import as_batch_source, shard_batch, to_device
+from k25mini.train.lr_schedule import apply_lr, lr_factor, remember_base_lr
 from k25mini.train.rng import capture_rng_state, restore_rng_state, seed_everything
-from k25mini.train.schedule import apply_lr, lr_factor, remember_base_lr
 
 __all__ = ["Trainer", "Callback", "make_optimizer"]
 
@@ -66,24 +69,21 @@ class Callback:
     def on_train_end(self, trainer: Trainer) -> None: ...
 
 
-def _adamw_fallback(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """torch AdamW with weight decay on >= 2-D params only (used if k25mini.optim is unavailable)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+def _data_parallel_group() -> dist.ProcessGroup | None:
+    """The group MoE expert loads are summed over: the world under torchrun (data parallel), else None."""
+    return dist.group.WORLD if D.world_size() > 1 else None
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.optimizer`` names, via ``k25mini.optim.build_optimizer`` (imported lazily)."""
-    try:
-        from k25mini.optim import build_optimizer
-    except ImportError:
-        if cfg.optimizer != "adamw":
-            raise
-        return _adamw_fallback(model, cfg)
+    """The optimiser ``cfg.optimizer`` names, via ``k25mini.optim.build_optimizer`` (imported lazily).
+
+    Its step post-hooks include the MoE router-bias update when ``model`` has MoE layers, with expert loads
+    summed over the data-parallel world under torchrun. A failing import of ``k25mini.optim`` raises."""
+    from k25mini.optim import build_optimizer
+
     return build_optimizer(model, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           adamw_lr=cfg.adamw_lr, betas=cfg.betas, eps=cfg.eps, qk_clip_tau=cfg.qk_clip_tau)
+                           adamw_lr=cfg.adamw_lr, betas=cfg.betas, eps=cfg.eps, qk_clip_tau=cfg.qk_clip_tau,
+                           moe_group=_data_parallel_group())
 
 
 def _scalar(v: Any, where: str) -> torch.Tensor:
@@ -108,7 +108,10 @@ class Trainer:
         eval_fn: optional ``eval_fn(model) -> dict[str, float]``.
         callbacks: :class:`Callback`-like objects (duck-typed: any subset of the hook methods).
         optimizer: use this optimiser instead of building ``config.optimizer`` (its current lrs are the base lrs).
-        post_step: callables ``hook(trainer)`` run after every optimiser step, before the MoE bias update.
+            The MoE router-bias update is attached to it as a step post-hook when the model has MoE layers
+            (:func:`k25mini.model.moe.attach_moe_bias_update`; a no-op if it already has it).
+        post_step: callables ``hook(trainer)`` run after every optimiser step (after its step post-hooks, so
+            after the MoE bias update).
 
     The constructor seeds Python/NumPy/torch with ``config.seed``. Attributes: ``step`` (completed optimiser
     steps), ``optimizer``, ``history`` (logged records, train and eval), ``last_eval``, ``out_dir``.
@@ -146,6 +149,8 @@ class Trainer:
         self.device = self._resolve_device(model, config.device)
         seed_everything(config.seed)
         self.optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
+        # the MoE bias update lives on the optimiser (idempotent: build_optimizer already attached it)
+        attach_moe_bias_update(self.optimizer, model, _data_parallel_group())
         remember_base_lr(self.optimizer)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -155,7 +160,6 @@ class Trainer:
         self._interval: dict[str, float] = {}
         self._interval_n = 0
         self._t0 = time.perf_counter()
-        self._moe_update = self._find_moe_update(model)
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -169,22 +173,6 @@ class Trainer:
         if not D.is_sharded(model):
             model.to(dev)
         return dev
-
-    @staticmethod
-    def _find_moe_update(model: nn.Module) -> Callable[[], None] | None:
-        fn = getattr(model, "update_moe_bias", None)
-        if not callable(fn):
-            return None
-        if D.world_size() > 1:
-            try:
-                takes_group = "group" in inspect.signature(fn).parameters
-            except (TypeError, ValueError):  # pragma: no cover
-                takes_group = False
-            if takes_group:  # sum expert loads over data-parallel ranks so every replica moves its bias alike
-                import torch.distributed as dist
-
-                return lambda: fn(group=dist.group.WORLD)
-        return fn
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.bf16 and self.device.type == "cuda":
@@ -283,11 +271,9 @@ class Trainer:
                                      f"step {self.step}; weights not updated (set TrainConfig.halt_on_nonfinite="
                                      "False to skip such steps)")
         if finite:
-            self.optimizer.step()
+            self.optimizer.step()  # runs QK-Clip and the MoE bias update as step post-hooks
             for hook in self.post_step:
                 hook(self)
-            if self._moe_update is not None:
-                self._moe_update()
         values["skipped"] = 0.0 if finite else 1.0
         self.optimizer.zero_grad(set_to_none=True)
         values["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -28,7 +28,7 @@ from k25mini.world.render import (
     sample_video_spec,
 )
 from k25mini.world.rng import rng_for
-from k25mini.world.skills import SUITE_SKILLS, _chart_values, _pick, _scene_looks, plural
+from k25mini.world.skills import SUITE_SKILLS, chart_values, pick_one, plural, scene_looks
 from k25mini.world.world import World
 
 __all__ = ["CORPORA", "TEXT_CORPORA", "VISION_CORPORA", "corpus_item", "iter_corpus", "check_corpus"]
@@ -53,7 +53,7 @@ def _icon(world: World, rng, e) -> np.ndarray:
 
 def _page_doc(world: World, rng) -> Item:
     """An encyclopedia page with its sentences in a random order (facts, not their position, matter)."""
-    e = _pick(rng, world.entities)
+    e = pick_one(rng, world.entities)
     s = fact_sentences(e)
     text = f"{e.name}\n" + " ".join(s[int(i)] for i in rng.permutation(len(s)))
     return Item("TextKnow", text, [], "", {"skill": "page", "entity": e.name})
@@ -61,7 +61,7 @@ def _page_doc(world: World, rng) -> Item:
 
 def _caption_entity(world: World, rng) -> Item:
     """Icon -> name and look only (never a page fact: that is what VisKnow must compose)."""
-    e = _pick(rng, world.entities)
+    e = pick_one(rng, world.entities)
     return Item(
         "VisKnow",
         f"{IMAGE}This is {e.name}, {article(e.colour)} {e.colour} {e.shape}.",
@@ -73,7 +73,7 @@ def _caption_entity(world: World, rng) -> Item:
 
 def _caption_scene(world: World, rng) -> Item:
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     spec = _train_spec(world, rng, lambda: sample_scene_spec(rng, looks, world.sizes.scene_side), "scene")
     img, truth = render_scene(spec)
     counts: dict[tuple[str, str], int] = {}
@@ -88,7 +88,7 @@ def _caption_ground(world: World, rng) -> Item:
     caption that states *where* things are, so the ViT stage learns to carry position (the paper's vision data
     includes grounding); never phrased as a question."""
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     spec = _train_spec(world, rng, lambda: sample_scene_spec(rng, looks, world.sizes.scene_side), "scene")
     img, truth = render_scene(spec)
     objs = sorted(truth["objects"], key=lambda o: (o["cell"], o["box"]))
@@ -104,7 +104,7 @@ def _interleaved(world: World, rng) -> Item:
     """A page with its entity's picture (and sometimes the friend's): only entities outside the
     held-out set, so image->fact links for held-out entities are never shown."""
     pool = [e for e in world.entities if e.name not in world.heldout_entities]
-    e = _pick(rng, pool)
+    e = pick_one(rng, pool)
     s = fact_sentences(e)
     body = " ".join(s[int(i)] for i in rng.permutation(len(s)))
     images = [_icon(world, rng, e)]
@@ -117,7 +117,7 @@ def _interleaved(world: World, rng) -> Item:
 
 
 def _chart_caption(world: World, rng) -> Item:
-    cols, vals = _chart_values(rng)
+    cols, vals = chart_values(rng)
     spec = _train_spec(world, rng, lambda: sample_chart_spec(rng, cols, vals, world.sizes.scene_side), "chart")
     img, truth = render_chart(spec)
     table = ", ".join(f"{c} {v}" for c, v in zip(cols, vals))
@@ -126,8 +126,8 @@ def _chart_caption(world: World, rng) -> Item:
 
 def _video_caption(world: World, rng) -> Item:
     t = int(rng.integers(1, world.sizes.max_frames + 1))
-    d = "still" if t == 1 else _pick(rng, list(DIRECTIONS))
-    c, s = _pick(rng, list(COLOURS)), _pick(rng, SHAPES)
+    d = "still" if t == 1 else pick_one(rng, list(DIRECTIONS))
+    c, s = pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES)
     spec = _train_spec(world, rng, lambda: sample_video_spec(rng, c, s, d, t, world.sizes.video_side), "video")
     vid, truth = render_video(spec)
     verb = "sits still" if d == "still" else f"moves {d}"

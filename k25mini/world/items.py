@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from k25mini.data.tokenizer import IMAGE_PLACEHOLDER, media_placeholder
+from k25mini.world.media import IMAGE_PLACEHOLDER, media_placeholder
 
 __all__ = ["Item", "EvalItem", "SUITES", "IMAGE", "video_tag", "check_suite"]
 

@@ -40,7 +40,19 @@ from k25mini.world.render import (
 if TYPE_CHECKING:  # pragma: no cover
     from k25mini.world.world import World
 
-__all__ = ["Skill", "SKILLS", "SUITE_SKILLS", "TWINS", "run_code", "plural", "make_word", "VISKNOW_ATTRS"]
+__all__ = [
+    "Skill",
+    "SKILLS",
+    "SUITE_SKILLS",
+    "TWINS",
+    "run_code",
+    "plural",
+    "make_word",
+    "pick_one",
+    "scene_looks",
+    "chart_values",
+    "VISKNOW_ATTRS",
+]
 
 Gen = Callable[["World", np.random.Generator, str], "tuple[str | None, Callable[[], Item]] | None"]
 
@@ -57,14 +69,15 @@ def plural(shape: str) -> str:
     return shape + ("es" if shape.endswith(("s", "x", "sh", "ch")) else "s")
 
 
-def _pick(rng: np.random.Generator, seq):
+def pick_one(rng: np.random.Generator, seq):
+    """One element of ``seq``, drawn uniformly with ``rng``."""
     return seq[int(rng.integers(len(seq)))]
 
 
 def make_word(rng: np.random.Generator) -> str:
     """An OCR/spelling target: a 2-3 syllable lowercase word or a 1-4 digit number."""
     if rng.random() < 0.6:
-        return "".join(_pick(rng, "bdfgklmnprstvz") + _pick(rng, "aeiou") for _ in range(int(rng.integers(2, 4))))
+        return "".join(pick_one(rng, "bdfgklmnprstvz") + pick_one(rng, "aeiou") for _ in range(int(rng.integers(2, 4))))
     return str(int(rng.integers(0, 10 ** int(rng.integers(1, 5)))))
 
 
@@ -117,8 +130,8 @@ def _attr_domain(world: World, attr: str) -> dict:
 def _vis_knowledge(world: World, rng, split):
     """Icon of an entity -> a fact stated only in its text page (needs recognition AND knowledge)."""
     pool = world.entities if split == "eval" else [e for e in world.entities if e.name not in world.heldout_entities]
-    e = _pick(rng, pool)
-    attr = _pick(rng, VISKNOW_ATTRS)
+    e = pick_one(rng, pool)
+    attr = pick_one(rng, VISKNOW_ATTRS)
     spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side)
     key = f"icon:{e.name}:{spec}"  # the entity-image pair; split by hash of the render
 
@@ -139,7 +152,7 @@ def _vis_knowledge(world: World, rng, split):
 
 def _vis_name(world: World, rng, split):
     """Icon -> the entity's name (recognition; the caption skill that links pixels to pages)."""
-    e = _pick(rng, world.entities)
+    e = pick_one(rng, world.entities)
     spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side)
 
     def build() -> Item:
@@ -151,11 +164,11 @@ def _vis_name(world: World, rng, split):
 
 
 # ============================================================================================ VisReason
-def _scene_looks(rng, n: int) -> list[tuple[str, str]]:
+def scene_looks(rng, n: int) -> list[tuple[str, str]]:
     """Looks drawn from 3 colours x 3 shapes so that repeats (and interesting counts) are common."""
     cols = list(rng.choice(list(COLOURS), size=3, replace=False))
     shs = list(rng.choice(list(SHAPES), size=3, replace=False))
-    return [(str(_pick(rng, cols)), str(_pick(rng, shs))) for _ in range(n)]
+    return [(str(pick_one(rng, cols)), str(pick_one(rng, shs))) for _ in range(n)]
 
 
 def _count_query(rng, looks, n_max: int):
@@ -164,7 +177,7 @@ def _count_query(rng, looks, n_max: int):
     absent = sorted(set(COLOURS if by_colour else SHAPES) - set(present))
     # ask about a random object's colour/shape (weighted by frequency, so counts > 1 are common)
     obj = looks[int(rng.integers(len(looks)))]
-    target = _pick(rng, absent) if (rng.random() < 0.15 and absent) else (obj[0] if by_colour else obj[1])
+    target = pick_one(rng, absent) if (rng.random() < 0.15 and absent) else (obj[0] if by_colour else obj[1])
     count = sum(1 for lk in looks if (lk[0] if by_colour else lk[1]) == target)
     what = f"{target} objects" if by_colour else plural(target)
     return what, count
@@ -172,7 +185,7 @@ def _count_query(rng, looks, n_max: int):
 
 def _count(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     what, count = _count_query(rng, looks, n)
     spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
     q = f"How many {what}?"
@@ -193,7 +206,7 @@ def _compare_query(rng, looks):
     pairs = [(a, b) for a in cols for b in cols if a < b and counts[a] != counts[b]]
     if not pairs:
         return None
-    a, b = _pick(rng, pairs)
+    a, b = pick_one(rng, pairs)
     if rng.random() < 0.5:
         a, b = b, a
     return a, b, (a if counts[a] > counts[b] else b)
@@ -201,7 +214,7 @@ def _compare_query(rng, looks):
 
 def _compare(world: World, rng, split):
     n = int(rng.integers(3, max(3, world.sizes.max_objects) + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     qa = _compare_query(rng, looks)
     if qa is None:
         return None
@@ -220,7 +233,7 @@ def _compare(world: World, rng, split):
 
 def _unique_look(rng, looks):
     uniq = [lk for lk in looks if looks.count(lk) == 1]
-    return _pick(rng, uniq) if uniq else None
+    return pick_one(rng, uniq) if uniq else None
 
 
 _CELLS = [f"{r} {c}" for r in range(3) for c in range(3)]
@@ -228,7 +241,7 @@ _CELLS = [f"{r} {c}" for r in range(3) for c in range(3)]
 
 def _locate(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     target = _unique_look(rng, looks)
     if target is None:
         return None
@@ -259,7 +272,7 @@ def box_query(rng, looks):
         if target is None:
             return None
         return f"Box of the {target[0]} {target[1]}?", lambda o: (o["colour"], o["shape"]) == target
-    colour = _pick(rng, sorted({lk[0] for lk in looks}))
+    colour = pick_one(rng, sorted({lk[0] for lk in looks}))
     return f"Boxes of {colour} objects?", lambda o: o["colour"] == colour
 
 
@@ -272,7 +285,7 @@ def box_answer(truth: dict, sel, h: int, w: int) -> tuple[str, list[list[int]]]:
 
 def _box(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
     query = box_query(rng, looks)
     if query is None:
@@ -287,7 +300,7 @@ def _box(world: World, rng, split):
     return f"scene:{spec}", build
 
 
-def _chart_values(rng) -> tuple[list[str], list[int]]:
+def chart_values(rng) -> tuple[list[str], list[int]]:
     n = int(rng.integers(3, 6))
     cols = [str(c) for c in rng.choice(list(COLOURS), size=n, replace=False)]
     vals = [int(v) for v in rng.integers(1, 10, size=n)]
@@ -304,7 +317,7 @@ def _chart_question(rng, cols, vals):
 
 
 def _chart(world: World, rng, split):
-    cols, vals = _chart_values(rng)
+    cols, vals = chart_values(rng)
     qa = _chart_question(rng, cols, vals)
     if qa is None:
         return None
@@ -320,8 +333,8 @@ def _chart(world: World, rng, split):
 
 def _motion(world: World, rng, split):
     t = int(rng.integers(2, world.sizes.max_frames + 1))
-    d = _pick(rng, list(DIRECTIONS))
-    spec = sample_video_spec(rng, _pick(rng, list(COLOURS)), _pick(rng, SHAPES), d, t, world.sizes.video_side)
+    d = pick_one(rng, list(DIRECTIONS))
+    spec = sample_video_spec(rng, pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES), d, t, world.sizes.video_side)
 
     def build() -> Item:
         vid, truth = render_video(spec)
@@ -362,9 +375,9 @@ _TEXTKNOW_Q = {
 def _text_knowledge(world: World, rng, split):
     """A fact question; (entity, attribute) pairs are split, the pages state every fact."""
     pairs = world.qa_pairs(split)
-    name, attr = _pick(rng, pairs)
+    name, attr = pick_one(rng, pairs)
     e = world.entity(name)
-    q = _pick(rng, _TEXTKNOW_Q[attr]).format(n=name)
+    q = pick_one(rng, _TEXTKNOW_Q[attr]).format(n=name)
     meta = {"entity": name, "attr": attr, "scorer": "exact", **_attr_domain(world, attr)}
     return None, lambda: Item("TextKnow", f"Q: {q} A:", [], e.value(attr), meta)
 
@@ -397,7 +410,7 @@ def _fact_sum(world: World, rng, split):
 
 def _arith(world: World, rng, split):
     a, b, c = (int(x) for x in rng.integers(0, 10, size=3))
-    o1, o2 = _pick(rng, "+-*"), _pick(rng, "+-*")
+    o1, o2 = pick_one(rng, "+-*"), pick_one(rng, "+-*")
     expr = f"{a} {o1} {b} {o2} {c}"
     q = f"Q: {expr} = ? A:"
     ans = run_code(f"print({expr})")
@@ -411,7 +424,7 @@ def _list_text(looks) -> str:
 def _count_list(world: World, rng, split):
     """Twin of ``count``: the scene as a list of words."""
     n = int(rng.integers(1, world.sizes.max_objects + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     what, count = _count_query(rng, looks, n)
     q = f"Q: {_list_text(looks)}. How many {what}? A:"
     meta = {"scorer": "count", "range": [0, world.sizes.max_objects], "looks": looks}
@@ -421,7 +434,7 @@ def _count_list(world: World, rng, split):
 def _compare_list(world: World, rng, split):
     """Twin of ``compare``."""
     n = int(rng.integers(3, max(3, world.sizes.max_objects) + 1))
-    looks = _scene_looks(rng, n)
+    looks = scene_looks(rng, n)
     qa = _compare_query(rng, looks)
     if qa is None:
         return None
@@ -432,7 +445,7 @@ def _compare_list(world: World, rng, split):
 
 def _table_read(world: World, rng, split):
     """Twin of ``chart``: the bar chart as a table."""
-    cols, vals = _chart_values(rng)
+    cols, vals = chart_values(rng)
     qa = _chart_question(rng, cols, vals)
     if qa is None:
         return None
@@ -467,7 +480,7 @@ def _spell(world: World, rng, split):
 
 def _motion_list(world: World, rng, split):
     """Twin of ``motion``: positions over time; y grows downwards as in images."""
-    d = _pick(rng, list(DIRECTIONS))
+    d = pick_one(rng, list(DIRECTIONS))
     n = int(rng.integers(2, 6))
     step = int(rng.integers(1, 4))
     dx, dy = DIRECTIONS[d]
@@ -516,7 +529,7 @@ def _code_item(code: str, extra: dict) -> Item:
 
 def _code_expr(world: World, rng, split):
     a, b, c = (int(x) for x in rng.integers(0, 10, size=3))
-    o1, o2 = _pick(rng, ["+", "-", "*", "//", "%"]), _pick(rng, ["+", "-", "*"])
+    o1, o2 = pick_one(rng, ["+", "-", "*", "//", "%"]), pick_one(rng, ["+", "-", "*"])
     if o1 in ("//", "%") and b == 0:
         b = 1 + int(rng.integers(9))
     code = f"print({a} {o1} {b} {o2} {c})"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from k25mini import report
+from k25mini import report as top_report
+from k25mini.experiments.ch05_fusion import report
 from k25mini.world import SUITES
 
 
@@ -40,7 +41,7 @@ def test_build_writes_table_figure_and_verdicts(tmp_path):
     res = _fake_results({"early": [0.3, 0.32], "mid": [0.2, 0.22], "late": [0.04, 0.04]})
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "fusion_ablation_smoke.json").write_text(json.dumps(res))
-    md = report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
+    md = top_report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
     assert (tmp_path / "docs" / "reproduction.md").read_text() == md
     assert (tmp_path / "docs" / "figures" / "fusion_text_curve_smoke.png").stat().st_size > 1000
     assert "| paper early | 0% | 10:90 | 25.8 |" in md
@@ -52,19 +53,20 @@ def test_build_writes_table_figure_and_verdicts(tmp_path):
 
 
 def test_build_without_results_says_so(tmp_path):
-    md = report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
+    md = top_report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
     assert "No results yet" in md
 
 
-def test_swarm_section_included_when_importable(tmp_path, monkeypatch):
-    import sys
-    import types
+def test_build_goes_through_the_registry_in_chapter_order(tmp_path, monkeypatch):
+    from k25mini.experiments import registry
 
-    mod = types.ModuleType("k25mini.swarm.report")
-    mod.markdown_section = lambda: "## Chapter 08 — swarm SENTINEL\n"
-    monkeypatch.setitem(sys.modules, "k25mini.swarm.report", mod)
-    md = report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
-    assert "SENTINEL" in md
+    fake = registry.Experiment(name="fake", chapter="99", title="t", package="k25mini.experiments",
+                               results=(), section="k25mini.experiments.ch08_swarm.report:section",
+                               speedrun=None, reproduce=None)
+    monkeypatch.setattr(top_report, "EXPERIMENTS", (*registry.EXPERIMENTS, fake))
+    md = top_report.build(tmp_path / "none", tmp_path / "docs", scale="smoke")
+    assert md.index("## Chapter 05") < md.index("## Chapter 08")
+    assert md.count("## Chapter 08") == 2  # the extra entry's section was called too
 
 
 @pytest.mark.parametrize("bad", [None])
@@ -78,7 +80,7 @@ def test_probes_listed(tmp_path):
     (probes / "more_vision.json").write_text(json.dumps({
         "probe": "more_vision", "schedule": "early", "overrides": {"vision_share": 0.3},
         "final": {s: 0.5 for s in SUITES}, "timing_s": {"total": 12.0}}))
-    md = report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
+    md = top_report.build(tmp_path / "results", tmp_path / "docs", scale="smoke")
     assert "| more_vision | early, 0 | ? | vision_share=0.3 | 50.0 |" in md
 
 
@@ -98,7 +100,7 @@ def test_probe_reference_rows_and_archive_follow_the_vit_stage(tmp_path):
     (probes / "budget.json").write_text(json.dumps({  # run on the old (300-step) ViT stage
         "probe": "budget", "schedule": "early", "seed": 0, "overrides": {"joint_steps": 20},
         "config": dict(old["config"], joint_steps=20), "final": {s: 0.5 for s in SUITES}, "timing_s": {"total": 3.0}}))
-    md = report.build(results, tmp_path / "docs", scale="smoke")
+    md = top_report.build(results, tmp_path / "docs", scale="smoke")
     assert "| budget | early, 0 | 300 | joint_steps=20 | 50.0 |" in md
     assert "| *ablation (vit300)* | early, 0 | 300 | none | 10.0 |" in md
     assert "*ablation (current)*" not in md  # the current ablation used another ViT stage

@@ -11,10 +11,7 @@ import torch
 
 from k25mini.config import nano
 from k25mini.data import Tokenizer
-from k25mini.multimodal import K25ForConditionalGeneration
-from k25mini.pretrain.docs import doc_stream, item_to_doc, prompt_ids
-from k25mini.pretrain.evaluate import evaluate_items, greedy_answer, teacher_forced_exact
-from k25mini.pretrain.fusion import (
+from k25mini.experiments.ch05_fusion import (
     FusionConfig,
     aggregate,
     batch_from,
@@ -24,8 +21,11 @@ from k25mini.pretrain.fusion import (
     packed_steps,
     run_joint,
 )
+from k25mini.multimodal import K25ForConditionalGeneration
+from k25mini.pretrain.docs import doc_stream, item_to_doc, prompt_ids
+from k25mini.pretrain.evaluate import evaluate_items, greedy_answer, teacher_forced_exact
+from k25mini.pretrain.fusion_schedule import SCHEDULES
 from k25mini.pretrain.packing import IGNORE
-from k25mini.pretrain.schedule import SCHEDULES
 from k25mini.world import World, corpus_item, make_eval_suite
 
 TOK = Tokenizer()
@@ -135,7 +135,8 @@ def test_teacher_forced_exact_matches_greedy_generation(world, model):
 
 
 def test_data_version_keys_and_guard(tmp_path):
-    from k25mini.pretrain.fusion import DATA_VERSION, stage_vit
+    from k25mini.experiments.ch05_fusion import VISION_DOCS_VERSION as DATA_VERSION
+    from k25mini.experiments.ch05_fusion import stage_vit
 
     new, old = config_for("smoke"), config_for("smoke", data_version=1)
     assert new.data_version == DATA_VERSION >= 2
@@ -185,7 +186,7 @@ def test_smoke_run_end_to_end_and_reuse(tmp_path):
 
 
 def test_probe_changes_the_vision_share_and_reuses_shared_stages(tmp_path, monkeypatch):
-    from k25mini.pretrain import fusion
+    import k25mini.experiments.ch05_fusion as fusion
 
     monkeypatch.setenv("K25_SCALE", "smoke")
     kw = dict(joint_steps=5, track_every=5, eval_items=1, max_new_tokens=1, vision_share=0.3)
@@ -202,7 +203,7 @@ def test_probe_changes_the_vision_share_and_reuses_shared_stages(tmp_path, monke
 
 def _resume_case(tmp_path, world, inject_at: float) -> None:
     """Interrupt a mixed text+vision run after 2 of 4 steps, resume from the checkpoint: same weights."""
-    from k25mini.pretrain.schedule import schedule_for_share
+    from k25mini.pretrain.fusion_schedule import schedule_for_share
     from k25mini.train import TrainConfig, Trainer
 
     cfg = config_for("smoke", rows=2, seq_len=128)
@@ -239,7 +240,7 @@ def test_resume_from_a_checkpoint_before_vision_enters(tmp_path, world):
 
 def test_ablation_in_worker_processes_equals_one_process(tmp_path):
     """``workers=2``: shared stages once, then joint runs in spawned processes — same results as one process."""
-    from k25mini.pretrain.fusion import run_ablation
+    from k25mini.experiments.ch05_fusion import run_ablation
 
     cfg = config_for("smoke", joint_steps=4, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
                      schedules=("early", "late"))
@@ -257,7 +258,8 @@ def test_ablation_in_worker_processes_equals_one_process(tmp_path):
 def test_two_step_vit_stage_keeps_the_language_model_and_b1_encoder(tmp_path):
     """B1 trains ViT + projector through a throwaway trainable copy of A's LM; B2 trains only the projector into
     A's frozen LM. The finished B checkpoint: A's LM exactly, B1's encoder exactly, a re-trained projector."""
-    from k25mini.pretrain.fusion import _stage_dir, stage_text, stage_vit
+    from k25mini.experiments.ch05_fusion import stage_dir as _stage_dir
+    from k25mini.experiments.ch05_fusion import stage_text, stage_vit
     from k25mini.train.checkpoint import load_weights
 
     cfg = config_for("smoke", vit_steps=2, proj_steps=2)
@@ -293,13 +295,13 @@ def test_vit_stage_keys_and_bad_settings():
             config_for("smoke", **bad)
 
 
-def test_proj_lr_enters_only_stage_b_and_keeps_old_keys():
-    """B2's own learning rate: None (= vit_lr) leaves every key as before the field existed; a value changes the
-    B key and the run key, never A's or B1's (so B1 is reused)."""
+def test_proj_lr_enters_only_stage_b_and_every_field_is_hashed():
+    """Results schema 2: the run key hashes every field but the seeds (no carve-outs for older results); B2's
+    learning rate changes the B key and the run key, never A's or B1's (so B1 is reused)."""
     base = config_for("smoke")
     assert base.proj_lr is None
     d = base.to_dict()
-    d.pop("seeds"), d.pop("proj_lr")
+    d.pop("seeds")
     d["schedule_defs"] = {s: [SCHEDULES[s].inject_at, SCHEDULES[s].vision_ratio] for s in base.schedules}
     assert base.key() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     fast = config_for("smoke", proj_lr=1e-2)
@@ -309,7 +311,7 @@ def test_proj_lr_enters_only_stage_b_and_keeps_old_keys():
 
 
 def test_cli_set_parses_typed_overrides():
-    from k25mini.pretrain.fusion import _parse_override
+    from k25mini.experiments.ch05_fusion.__main__ import parse_override as _parse_override
 
     cfg = config_for("smoke")
     assert _parse_override(cfg, "proj_steps=700") == ("proj_steps", 700)
@@ -327,7 +329,7 @@ def test_cli_set_parses_typed_overrides():
 def test_cli_check_arguments():
     from pathlib import Path
 
-    from k25mini.pretrain.fusion import _check_args
+    from k25mini.experiments.ch05_fusion.__main__ import check_args as _check_args
 
     assert _check_args(["60"], None) == (60, None, {})
     n, sel, extra = _check_args(["12", "probe=runs/x", "b=/abs/y=z"], ["early:0", "late:2"])

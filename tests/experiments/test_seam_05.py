@@ -8,7 +8,7 @@ import torch
 
 from k25mini.data import Tokenizer
 from k25mini.multimodal import scatter_media
-from k25mini.pretrain.schedule import SCHEDULES, schedule_for_share, token_plan
+from k25mini.pretrain.fusion_schedule import SCHEDULES, schedule_for_share, token_plan
 from seam import load_notebook_defs
 
 NB = "notebooks/05_early_fusion_pretraining.ipynb"

@@ -36,7 +36,7 @@ def captions(world):
 @pytest.fixture(scope="module")
 def late_run(tmp_path_factory):
     """One finished 2-step smoke joint run (late, seed 0) with its shared stages: (cfg, runs dir, run folder)."""
-    from k25mini.pretrain.fusion import config_for, run_joint
+    from k25mini.experiments.ch05_fusion import config_for, run_joint
 
     root = tmp_path_factory.mktemp("late_run")
     cfg = config_for("smoke", joint_steps=2, track_every=2, eval_items=1, max_new_tokens=2, seeds=(0,),
@@ -91,7 +91,7 @@ def test_reliance_restores_training_mode_and_rejects_unpairable_items(model, cap
 
 
 def test_fusion_diagnose_writes_stage_and_joint_rows(tmp_path):
-    from k25mini.pretrain.fusion import config_for, diagnose, diagnostics_path, run_joint, stage_vit
+    from k25mini.experiments.ch05_fusion import config_for, diagnose, diagnostics_path, run_joint, stage_vit
 
     cfg = config_for("smoke", joint_steps=4, track_every=2, eval_items=2, max_new_tokens=2, seeds=(0,),
                      schedules=("early",))
@@ -186,7 +186,7 @@ def test_blind_baseline_picks_the_best_constant_per_kind_of_question(world):
 
 
 def test_fusion_skill_check_merges_rows(tmp_path, late_run):
-    from k25mini.pretrain.fusion import diagnostics_path, skill_check
+    from k25mini.experiments.ch05_fusion import diagnostics_path, skill_check
 
     cfg, runs, d = late_run
     out = skill_check(cfg, 1, extra={"again": d}, runs_dir=runs, results_dir=tmp_path / "res")
@@ -198,7 +198,7 @@ def test_fusion_skill_check_merges_rows(tmp_path, late_run):
 
 
 def test_fusion_perception_check_covers_stages_and_runs(tmp_path, late_run):
-    from k25mini.pretrain.fusion import diagnostics_path, perception_check
+    from k25mini.experiments.ch05_fusion import diagnostics_path, perception_check
 
     cfg, runs, d = late_run
     out = perception_check(cfg, 12, extra={"again": d}, runs_dir=runs, results_dir=tmp_path / "res")
@@ -329,7 +329,7 @@ def test_vision_probe_on_a_tiny_model(model):
 
 
 def test_fusion_vision_check_rows(tmp_path, late_run):
-    from k25mini.pretrain.fusion import diagnostics_path, vision_check
+    from k25mini.experiments.ch05_fusion import diagnostics_path, vision_check
 
     cfg, runs, _ = late_run
     out = vision_check(cfg, 16, runs_dir=runs, results_dir=tmp_path / "res")
@@ -340,8 +340,8 @@ def test_fusion_vision_check_rows(tmp_path, late_run):
 
 
 def test_fusion_vision_budget_check_trains_on_vision_documents_only(tmp_path, late_run, model):
+    from k25mini.experiments.ch05_fusion import BUDGET_MIXES, VISION_SUITES, diagnostics_path, vision_budget_check
     from k25mini.pretrain.docs import doc_stream
-    from k25mini.pretrain.fusion import BUDGET_MIXES, VISION_SUITES, diagnostics_path, vision_budget_check
 
     cfg, runs, _ = late_run
     res = tmp_path / "res"
@@ -350,8 +350,8 @@ def test_fusion_vision_budget_check_trains_on_vision_documents_only(tmp_path, la
     path.write_text(json.dumps({"skills": {"kept": 1}}))  # rows of other checks survive the merge
     out = vision_budget_check(cfg, (1, 2), ("reason",), (0,), runs_dir=runs, results_dir=res)
     assert out["skills"] == {"kept": 1} and json.loads(path.read_text()) == out
+    from k25mini.experiments.ch05_fusion import eval_sets as _eval_sets
     from k25mini.pretrain.diagnose import best_constant
-    from k25mini.pretrain.fusion import _eval_sets
     from k25mini.world import SUITES
 
     evals = _eval_sets(cfg)

@@ -1,0 +1,356 @@
+"""The Table 1 experiment in miniature: text stage -> ViT stage -> joint pre-training per fusion schedule.
+
+Stages (paper Table 3, shrunk):
+
+* **A, text** - the K2 backbone pre-trained on the text corpora only (the "near-end K2 checkpoint").
+* **B, ViT** - the vision tower trained with a caption loss (next-token loss on the text of caption-style
+  image-text documents), in the paper's two steps: **B1** aligns ViT + projector to a *caption decoder* (a
+  trainable copy of A's language model, thrown away afterwards - the paper aligns its ViT to another LLM,
+  Moonlight), then **B2** trains only the projector into A's frozen language model. ``vit_align="frozen"``
+  instead trains ViT + projector directly through A's frozen language model (the first design: a ~0.5M
+  text-only LM is too weak a decoder for that, see docs/reproduction.md).
+* **joint** - from B, everything trained on a fixed token budget mixed by a
+  :class:`~k25mini.pretrain.fusion_schedule.FusionSchedule` (early / mid / late, identical totals).
+
+A and B are trained once per scale and shared by every schedule and seed; a run's seed changes the data
+order of the joint stage. Every stage goes through :class:`k25mini.train.Trainer` (checkpoints, JSONL
+metrics, bit-exact resume), and its packed batches are computed up front so ``batch_at(i)`` is a pure
+function of the step. Each finished run writes ``results/fusion_ablation/<scale>/<schedule>-s<seed>.json``
+(:mod:`.evaluation` joins them). Checkpoints live under ``runs/fusion/<scale>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from k25mini.config import preset
+from k25mini.data.tokenizer import Tokenizer
+from k25mini.experiments.ch05_fusion.config import (
+    TEXT_SUITES,
+    VISION_DOCS_VERSION,
+    VIT_CORPORA,
+    VIT_SKILLS,
+    FusionConfig,
+    config_for,
+)
+from k25mini.experiments.ch05_fusion.evaluation import (
+    PACKAGE,
+    aggregate,
+    eval_sets,
+    run_file,
+    score_suites,
+)
+from k25mini.experiments.results import ROOT, read_json, staleness, write_result
+from k25mini.experiments.results import results_dir as resolve_results_dir
+from k25mini.multimodal import K25ForConditionalGeneration
+from k25mini.pretrain.docs import doc_stream
+from k25mini.pretrain.evaluate import teacher_forced_exact
+from k25mini.pretrain.fusion_schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
+from k25mini.pretrain.packing import IGNORE, MixedPacker, PackedStep
+from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
+from k25mini.world import TEXT_CORPORA, VISION_CORPORA, World
+
+__all__ = ["packed_steps", "pack_vision_only", "batch_from", "lm_loss", "stage_dir", "joint_root", "train_config",
+           "finished", "new_model", "b_steps", "vit_docs", "stage_text", "stage_vit", "run_joint", "run_ablation",
+           "run_probe"]
+
+
+def packed_steps(
+    cfg: FusionConfig, schedule: FusionSchedule, steps: int, seed: int, tag: str, world: World, tok: Tokenizer,
+    counts_fn, vision_corpora: tuple[str, ...] = VISION_CORPORA, vision_skills: frozenset[str] | None = None,
+) -> list[PackedStep]:
+    """All packed steps of one stage, computed up front (so a batch is a pure function of the step)."""
+    plan = token_plan(schedule, steps, cfg.tokens_per_step)
+    text = doc_stream(world, TEXT_CORPORA, tok, counts_fn, seed, tag=f"{tag}-text")
+    vision = (doc_stream(world, vision_corpora, tok, counts_fn, seed, max_len=cfg.seq_len, skills=vision_skills,
+                         tag=f"{tag}-vision") if plan[:, 0].any() else iter(()))
+    packer = MixedPacker(text, vision, plan, cfg.rows, cfg.seq_len, tok.media_pad_id, tok.media_begin_id,
+                         tok.media_end_id)
+    return list(packer)
+
+
+def pack_vision_only(docs, steps: int, rows: int, seq_len: int, pad_id: int, media_pad_id: int) -> list[PackedStep]:
+    """ViT-stage batches: whole image-text documents first-fit into rows, the tail of a row padded (no loss).
+
+    (The mixed packer fills gaps with the text stream; with a frozen language model those tokens would teach
+    nothing, so the caption stage pads instead.)"""
+    out: list[PackedStep] = []
+    pending = None
+    for _ in range(steps):
+        ids = np.full((rows, seq_len), pad_id, np.int64)
+        dids = np.zeros((rows, seq_len), np.int64)
+        media: list = []
+        used = 0
+        for r in range(rows):
+            col, d = 0, 0
+            while True:
+                doc = pending if pending is not None else next(docs)
+                pending = None
+                n = len(doc.ids)
+                if col + n > seq_len:
+                    pending = doc
+                    break
+                ids[r, col : col + n] = doc.ids
+                dids[r, col : col + n] = d
+                media += doc.media
+                col, d, used = col + n, d + 1, used + n
+            dids[r, col:] = d  # the padding is its own document
+        starts = np.concatenate([np.ones((rows, 1), bool), dids[:, 1:] != dids[:, :-1]], axis=1)
+        idx = np.broadcast_to(np.arange(seq_len), (rows, seq_len))
+        pos = idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+        labels = np.full((rows, seq_len), IGNORE, np.int64)
+        nxt = ids[:, 1:]
+        ok = (dids[:, 1:] == dids[:, :-1]) & (nxt != media_pad_id) & (nxt != pad_id)
+        labels[:, :-1] = np.where(ok, nxt, IGNORE)
+        out.append(PackedStep(ids, labels, dids, pos, media, used, 0))
+    return out
+
+
+def batch_from(step: PackedStep) -> dict[str, Any]:
+    return {
+        "input_ids": torch.from_numpy(step.input_ids),
+        "labels": torch.from_numpy(step.labels),
+        "doc_ids": torch.from_numpy(step.doc_ids),
+        "position_ids": torch.from_numpy(step.position_ids),
+        "media": step.media,
+        "vision_tokens": step.vision_tokens,
+        "text_tokens": step.text_tokens,
+    }
+
+
+def lm_loss(model: K25ForConditionalGeneration, batch: dict[str, Any]):
+    """Next-token loss on text targets (labels already shifted) + the MoE sequence-level aux loss."""
+    loss = model.loss(batch["input_ids"], batch["labels"], media=batch["media"] or None,
+                      doc_ids=batch["doc_ids"], position_ids=batch["position_ids"])
+    aux = model.moe_aux_loss().to(loss.device)
+    return loss + aux, {"lm_loss": loss.detach(), "vision_tokens": float(batch["vision_tokens"])}
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def joint_root(cfg: FusionConfig, runs_dir: Path | None) -> Path:
+    return (Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "fusion") / cfg.scale / cfg.key()
+
+
+def stage_dir(cfg: FusionConfig, stage: str, runs_dir: Path | None) -> Path:
+    root = (Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "fusion") / cfg.scale / "stages"
+    return root / f"{stage}-{cfg.stage_key(stage)}"
+
+
+def train_config(cfg: FusionConfig, steps: int, lr: float, seed: int, out_dir: Path, progress: bool = False,
+                 **kw: Any) -> TrainConfig:
+    """The Trainer config every stage uses (4 checkpoints per stage, the last kept; a progress bar if asked)."""
+    return TrainConfig(steps=steps, lr=lr, warmup_steps=min(cfg.warmup, steps), optimizer=cfg.optimizer,
+                       seed=seed, out_dir=str(out_dir), ckpt_every=max(steps // 4, 1), keep_last=1,
+                       log_every=max(steps // 20, 1), progress=progress, **kw)
+
+
+def finished(out_dir: Path, steps: int) -> bool:
+    ck = latest_checkpoint(out_dir / "checkpoints") if (out_dir / "checkpoints").is_dir() else None
+    return ck is not None and json.loads((ck / "state.json").read_text()).get("step") == steps
+
+
+def new_model(cfg: FusionConfig, seed: int) -> K25ForConditionalGeneration:
+    torch.manual_seed(seed)
+    return K25ForConditionalGeneration(preset(cfg.preset))
+
+
+def _check_data_version(cfg: FusionConfig) -> None:
+    if cfg.data_version != VISION_DOCS_VERSION:
+        raise ValueError(f"cfg.data_version is {cfg.data_version}, but this checkout's world makes version "
+                         f"{VISION_DOCS_VERSION} documents: results of other versions can be read, not recomputed")
+
+
+def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False) -> Path:
+    """Stage A: text-only pre-training from scratch; returns its out_dir (the checkpoint others start from)."""
+    out = stage_dir(cfg, "A", runs_dir)
+    if finished(out, cfg.text_steps):
+        return out
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = new_model(cfg, cfg.stage_seed)
+    text_only = FusionSchedule("text", 0.0, 0.0)
+    steps = packed_steps(cfg, text_only, cfg.text_steps, cfg.stage_seed, "A", world, tok, model.media_token_counts)
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 train_config(cfg, cfg.text_steps, cfg.text_lr, cfg.stage_seed, out, progress), callbacks=callbacks)
+    tr.resume()
+    tr.fit()
+    return out
+
+
+def vit_docs(cfg: FusionConfig, world: World, tok: Tokenizer, counts_fn, steps: int, tag: str):
+    docs = doc_stream(world, VIT_CORPORA, tok, counts_fn, cfg.stage_seed, max_len=cfg.seq_len, skills=VIT_SKILLS,
+                      tag=tag)
+    return pack_vision_only(docs, steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
+
+
+def _fit(model, steps: list[PackedStep], cfg: FusionConfig, lr: float, out: Path, callbacks,
+         progress: bool = False) -> None:
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 train_config(cfg, len(steps), lr, cfg.stage_seed, out, progress), callbacks=callbacks)
+    tr.resume()
+    tr.fit()
+
+
+def b_steps(cfg: FusionConfig) -> int:
+    """Steps of the checkpoint that finishes stage B."""
+    return cfg.vit_steps if cfg.vit_align == "frozen" else cfg.proj_steps
+
+
+def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False) -> Path:
+    """Stage B from A: the ViT trained with a caption loss (see the module doc for the two ``vit_align`` forms);
+    returns the out_dir of a checkpoint holding A's language model and the trained vision tower + projector."""
+    _check_data_version(cfg)
+    a = stage_text(cfg, runs_dir, progress=progress)
+    out = stage_dir(cfg, "B", runs_dir)
+    if finished(out, b_steps(cfg)):
+        return out
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = new_model(cfg, cfg.stage_seed)
+    load_weights(model, a)
+    if cfg.vit_align == "frozen":
+        model.language_model.requires_grad_(False)
+        _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, out,
+             callbacks, progress)
+        return out
+    b1 = stage_dir(cfg, "B1", runs_dir)
+    if not finished(b1, cfg.vit_steps):  # B1: everything trains; the language model copy is the caption decoder
+        _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, b1,
+             callbacks, progress)
+        model = new_model(cfg, cfg.stage_seed)
+        load_weights(model, a)
+    aligned = new_model(cfg, cfg.stage_seed)
+    load_weights(aligned, b1)
+    model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
+    model.requires_grad_(False)
+    model.vision_tower.projector.requires_grad_(True)  # B2: only the projector moves
+    lr = cfg.vit_lr if cfg.proj_lr is None else cfg.proj_lr
+    _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.proj_steps, "B2"), cfg, lr, out,
+         callbacks, progress)
+    return out
+
+
+def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None = None,
+              results_dir: Path | None = None, callbacks=(), force: bool = False, log=None,
+              progress: bool = False) -> dict[str, Any]:
+    """One joint pre-training run from the ViT-stage checkpoint; returns (and saves) its result dict.
+
+    A saved result with the same config key is reused unless ``force``; when the code that made it differs
+    from the current code, the returned dict carries ``"stale"`` (the reason) and ``log`` (if given) says so."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    res_file = run_file(cfg, schedule, seed, results_dir)
+    old = None if force else read_json(res_file)
+    if old is not None and old.get("config_key") == cfg.key():
+        flag = staleness(old, PACKAGE)
+        if flag:
+            old["stale"] = flag
+            if log is not None:
+                log(f"reusing {res_file} - {flag}")
+        return old
+    _check_data_version(cfg)
+    t0 = time.perf_counter()
+    b = stage_vit(cfg, runs_dir, progress=progress)
+    out = joint_root(cfg, runs_dir) / "joint" / f"{schedule}-s{seed}"
+    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
+    model = new_model(cfg, seed)
+    load_weights(model, b)
+    sch = SCHEDULES[schedule]
+    if not math.isclose(sch.vision_share, cfg.vision_share):  # same injection point, another total vision share
+        sch = schedule_for_share(sch.inject_at, cfg.vision_share, schedule)
+    steps = packed_steps(cfg, sch, cfg.joint_steps, seed, f"joint-{seed}", world, tok, model.media_token_counts)
+    totals = {"vision": int(sum(s.vision_tokens for s in steps)), "text": int(sum(s.text_tokens for s in steps))}
+    evals = eval_sets(cfg)
+    track = {s: evals[s] for s in TEXT_SUITES}
+
+    def track_fn(m) -> dict[str, float]:
+        return {f"tf_{s}": teacher_forced_exact(m, tok, items) for s, items in track.items()}
+
+    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
+                 train_config(cfg, cfg.joint_steps, cfg.joint_lr, seed, out, progress, eval_every=cfg.track_every,
+                               eval_at_end=True), eval_fn=track_fn, callbacks=callbacks)
+    resumed = tr.resume()
+    step0 = None if resumed else {"step": 0, **track_fn(model)}
+    t_train = time.perf_counter()
+    tr.fit()
+    t_eval = time.perf_counter()
+    final, by_skill = score_suites(model, tok, evals, cfg.max_new_tokens)
+    t_end = time.perf_counter()
+    curve = [r for r in tr.history if r.get("split") == "eval"]
+    if step0 is None:  # resumed: step 0 was logged (if at all) by the first attempt; recompute from B's weights
+        m0 = new_model(cfg, seed)
+        load_weights(m0, b)
+        step0 = {"step": 0, **track_fn(m0)}
+    curve = [step0] + [{"step": r["step"], **{k: r[k] for k in r if k.startswith("tf_")}} for r in curve]
+    loss = [[r["step"], r["lm_loss"]] for r in tr.history if r.get("split") == "train" and "lm_loss" in r]
+    result = {
+        "schedule": schedule, "inject_at": sch.inject_at, "vision_ratio": sch.vision_ratio, "seed": seed,
+        "scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "tokens": totals,
+        "final": final, "final_by_skill": by_skill, "text_curve": curve, "loss_curve": loss, "resumed": resumed,
+        "timing_s": {"total": t_end - t0, "train": t_eval - t_train, "final_eval": t_end - t_eval},
+        "torch_threads": torch.get_num_threads(),
+    }
+    return write_result(res_file, result, experiment="fusion_ablation/run", package=PACKAGE, wall_s=t_end - t0)
+
+
+def _run_joint_process(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None, results_dir: Path | None,
+                       force: bool, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return run_joint(cfg, schedule, seed, runs_dir, results_dir, force=force)
+
+
+def run_ablation(cfg: FusionConfig | None = None, runs: list[tuple[str, int]] | None = None,
+                 runs_dir: Path | None = None, results_dir: Path | None = None, force: bool = False,
+                 callbacks=(), workers: int = 1, log=None) -> dict[str, Any]:
+    """Every (schedule, seed) of ``cfg`` (or just ``runs``); finished runs with the same config are reused.
+
+    ``workers`` > 1: stages A and B are trained first (once), then the joint runs go to that many spawned
+    processes with one thread each (runs are independent and deterministic: the results equal one process's;
+    ``callbacks`` are not sent to the workers)."""
+    cfg = config_for() if cfg is None else cfg
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    todo = runs if runs is not None else [(s, k) for s in cfg.schedules for k in cfg.seeds]
+    if workers == 1 or len(todo) < 2:
+        for sch, seed in todo:
+            r = run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force)
+            if log is not None:
+                log(sch, seed, r)
+    else:
+        stage_vit(cfg, runs_dir)
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as ex:
+            futures = [(sch, seed, ex.submit(_run_joint_process, cfg, sch, seed, runs_dir, results_dir, force, 1))
+                       for sch, seed in todo]
+            for sch, seed, f in futures:
+                r = f.result()
+                if log is not None:
+                    log(sch, seed, r)
+    return aggregate(cfg, results_dir)
+
+
+def run_probe(name: str, schedule: str, seed: int, results_dir: Path | None = None, runs_dir: Path | None = None,
+              **overrides: Any) -> dict[str, Any]:
+    """An investigation run outside the ablation grid (e.g. a larger budget): the cpu-scale config with
+    ``overrides``, saved as ``results/fusion_ablation/probes/<name>.json`` (reused when its config matches)."""
+    cfg = config_for(**overrides)
+    out = resolve_results_dir(results_dir) / "fusion_ablation" / "probes" / f"{name}.json"
+    old = read_json(out)
+    if old is not None:
+        if old.get("config_key") == cfg.key() and old.get("seed") == seed and old.get("schedule") == schedule:
+            return old
+    with tempfile.TemporaryDirectory() as scratch:  # keep the probe's copy only
+        r = run_joint(cfg, schedule, seed, runs_dir, Path(scratch), force=True)
+    r["probe"], r["overrides"] = name, overrides
+    return write_result(out, r, experiment="fusion_ablation/probe", package=PACKAGE,
+                        wall_s=r["timing_s"]["total"])
+
+
