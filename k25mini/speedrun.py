@@ -56,7 +56,8 @@ def report_card(record: dict[str, Any], results_dir: Path) -> str:
         lines += ["**Nothing was trained: these numbers replay committed results (`--reuse`).**", "", *reused, ""]
     if flags:
         lines += ["**Stale results (made by other code than the current one):**", "", *flags, ""]
-    lines += ["| finding | paper | committed | ours | verdict |", "|---|---|---|---|---|"]
+    lines += ["A committed figure marked STALE was made by other code than the current one (see docs/reproduction.md).",
+              "", "| finding | paper | committed | ours | verdict |", "|---|---|---|---|---|"]
     for r in _card_rows(metrics, results_dir, scale):
         lines.append(f"| {r['finding']} | {r['paper']} | {r['committed']} | {r['ours']} | {r['verdict']} |")
     lines += ["", "| stage | status | seconds | result |", "|---|---|---|---|"]

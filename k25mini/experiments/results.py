@@ -117,8 +117,10 @@ def _imports(path: Path) -> set[str]:
 
 @functools.cache
 def source_files(package: str) -> tuple[Path, ...]:
-    """The files of ``package`` (a module or package name) and of every k25mini module it imports, transitively
-    (parent packages' ``__init__`` included: importing ``a.b`` runs ``a/__init__.py``)."""
+    """The files of ``package`` (a module, or a package with all its modules) and of every k25mini module they
+    import, transitively. The ``__init__`` of each parent package is included (importing ``a.b`` runs
+    ``a/__init__.py``) but its own imports are not followed: a package's re-exports do not make its other
+    modules part of this code's version."""
     start = _module_file(package)
     if start is None:
         raise ValueError(f"package {package!r} is not a k25mini module of this checkout")
@@ -126,20 +128,22 @@ def source_files(package: str) -> tuple[Path, ...]:
     if start.name == "__init__.py":
         todo += sorted(start.parent.rglob("*.py"))
     seen: set[Path] = set()
+    parents: set[Path] = set()
     while todo:
         f = todo.pop()
         if f in seen:
             continue
         seen.add(f)
-        names = _imports(f)
-        for n in list(names):
-            parts = n.split(".")
-            names.update(".".join(parts[:i]) for i in range(1, len(parts)))
-        for n in names:
+        for n in _imports(f):
             g = _module_file(n)
             if g is not None and g not in seen:
                 todo.append(g)
-    return tuple(sorted(seen))
+            parts = n.split(".")
+            for i in range(1, len(parts)):
+                h = _module_file(".".join(parts[:i]))
+                if h is not None:
+                    parents.add(h)
+    return tuple(sorted(seen | parents))
 
 
 def _code_only(path: Path) -> str:

@@ -192,10 +192,10 @@ class K2ForCausalLM(nn.Module):
         return aux if isinstance(aux, torch.Tensor) else torch.zeros(())
 
     def update_moe_bias(self, group=None) -> None:
-        """Aux-loss-free bias update on every MoE layer (call after ``optimizer.step()``).
-
-        Under data parallelism pass the process ``group`` so expert loads are summed across ranks and
-        every replica's selection bias stays identical (the trainer does this when it runs distributed)."""
+        """Aux-loss-free bias update on every MoE layer, by hand. Optimisers from
+        :func:`k25mini.optim.build_optimizer` (and so the Trainer and :func:`k25mini.rl.policy_update`) already run
+        it as a step post-hook (:func:`k25mini.model.moe.attach_moe_bias_update`); call this only with an optimiser
+        of your own. Under data parallelism pass the process ``group`` so expert loads are summed across ranks."""
         update_moe_biases(self, group)
 
     def moe_load(self) -> torch.Tensor:

@@ -56,6 +56,12 @@ def test_source_files_follow_imports_transitively():
     assert "k25mini/experiments/ch05_fusion/stages.py" in files
     assert "k25mini/train/trainer.py" in files  # imported through k25mini.train
     assert "k25mini/experiments/ch08_swarm/run.py" not in files  # another chapter's code does not count
+    stages = {str(f.relative_to(R.ROOT)) for f in R.source_files("k25mini.experiments.ch05_fusion.stages")}
+    assert "k25mini/experiments/ch05_fusion/config.py" in stages and "k25mini/model/moe.py" in stages
+    # a parent package's __init__ counts, but its re-exports (report, checks) do not join the run's code
+    assert "k25mini/experiments/ch05_fusion/__init__.py" in stages
+    assert "k25mini/experiments/ch05_fusion/report.py" not in stages
+    assert "k25mini/experiments/ch05_fusion/checks.py" not in stages
     with pytest.raises(ValueError, match="not a k25mini module"):
         R.source_files("k25mini.no_such_module")
 

@@ -24,8 +24,9 @@ from k25mini.world import SUITES, World, chance_baseline, chance_by_skill, make_
 __all__ = ["PACKAGE", "EXPERIMENT", "eval_sets", "score_suites", "run_file", "results_path", "aggregate",
            "load_results", "mean_std"]
 
-#: the package whose code version stamps chapter 05's results
-PACKAGE = "k25mini.experiments.ch05_fusion"
+#: the module whose code (and everything it imports) stamps chapter 05's results: the stages and their
+#: evaluation, not the report or the checks
+PACKAGE = "k25mini.experiments.ch05_fusion.stages"
 EXPERIMENT = "fusion_ablation"
 
 

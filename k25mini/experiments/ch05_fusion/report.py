@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from k25mini.experiments.ch05_fusion.evaluation import load_results
-from k25mini.experiments.results import ROOT
+from k25mini.experiments.ch05_fusion.evaluation import PACKAGE, load_results
+from k25mini.experiments.results import ROOT, staleness
 from k25mini.experiments.results import results_dir as resolve_results_dir
 from k25mini.world import SUITES, TWINS
 
@@ -304,6 +304,11 @@ def probes_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
         change = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items())
         lines.append(f"| {r.get('probe', '?')} | {r['schedule']}, {r.get('seed', 0)} | {_vit_steps(r)} | {change} | "
                      + " | ".join(f"{100 * r['final'][s]:.1f}" for s in SUITES) + f" | {r['timing_s']['total']:.0f} |")
+    old = [r.get("probe", "?") for r in probes if staleness(r, PACKAGE)]
+    if old:
+        lines += ["", f"*{len(old)} of {len(probes)} probes were made by other code than the current one (STALE: "
+                  "earlier results schema or another code version); they record what that code measured and are "
+                  "not regenerated.*"]
     return "\n".join([*lines, ""])
 
 

@@ -130,6 +130,7 @@ def card(metrics: dict[str, dict], results_dir: Path, scale: str) -> list[dict[s
         if row:
             c = row[s]
             com = f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (n={len(c['values'])})"
+            com += " STALE" if committed.get("stale") else ""
             v = _verdict(x, c["mean"], c["std"], len(c["values"]))
         else:
             com, v = "—", "no committed result"

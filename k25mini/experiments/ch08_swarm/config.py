@@ -12,8 +12,8 @@ from k25mini.swarm.train import RLConfig
 
 __all__ = ["ExperimentConfig", "default_config", "VARIANTS", "PAPER", "PACKAGE", "EXPERIMENT"]
 
-#: the package whose code version stamps chapter 08's results
-PACKAGE = "k25mini.experiments.ch08_swarm"
+#: the module whose code (and everything it imports) stamps chapter 08's results (not the report)
+PACKAGE = "k25mini.experiments.ch08_swarm.run"
 EXPERIMENT = "swarm"
 
 #: the paper's numbers [K25 Table 6, Fig. 8, Fig. 4]

@@ -72,8 +72,10 @@ def card(metrics: dict[str, dict], results_dir: Path, scale: str) -> list[dict[s
     com = read_json(results_path(scale, results_dir))
     s = (com or {}).get("summary")
 
+    old = " STALE" if staleness(com, PACKAGE) else ""
+
     def ms(d: dict[str, float], k: float = 1.0, nd: int = 1) -> str:
-        return f"{d['mean'] * k:.{nd}f} ± {d['std'] * k:.{nd}f} (n={d.get('n', '?')})"
+        return f"{d['mean'] * k:.{nd}f} ± {d['std'] * k:.{nd}f} (n={d.get('n', '?')}){old}"
 
     ratio_ok = m["ratio_counts"] and 3.0 <= m["ratio"]
     rows = [{"finding": "swarm: fewer critical steps than a single agent (ch. 08)", "paper": PAPER["latency_speedup"],

@@ -122,7 +122,7 @@ def test_grad_clip_applied_and_prenorm_logged():
 
 
 def test_post_step_hooks_run_after_the_optimizer_step_hooks():
-    # the MoE bias update is one of those step hooks: see tests/test_moe_bias_hook.py
+    # the MoE bias update is one of those step hooks: see tests/model/test_moe_bias_hook.py
     calls: list[str] = []
     torch.manual_seed(0)
     model = TinyCharMLP()

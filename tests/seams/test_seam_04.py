@@ -11,7 +11,7 @@ from k25mini.config import k2, kv_cache_bytes_per_token, nano
 from k25mini.model import MLAttention, RotaryEmbedding, capture_max_logits
 from k25mini.optim import MuonClip, clip_mla_heads_, qk_clip_gamma, zeropower_via_newtonschulz
 
-NB = Path(__file__).resolve().parents[1] / "notebooks" / "04_k2_backbone.ipynb"
+NB = Path(__file__).resolve().parents[2] / "notebooks" / "04_k2_backbone.ipynb"
 
 
 @pytest.fixture(scope="module")
