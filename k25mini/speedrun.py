@@ -15,6 +15,7 @@ code than the current one is flagged STALE in the output, the JSON and the card.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from k25mini.experiments.registry import EXPERIMENTS, resolve
-from k25mini.experiments.results import RESULTS_DIR, ROOT, write_result
+from k25mini.experiments.results import RESULTS_DIR, ROOT, read_json, write_result
 from k25mini.experiments.stage import StageContext
 from k25mini.scale import current_scale, describe
 
@@ -48,8 +49,10 @@ def report_card(record: dict[str, Any], results_dir: Path) -> str:
              "hand. *ours*: this speedrun (one seed, trained from scratch in chapter order, each stage from the "
              "previous checkpoint); *committed*: the chapter's multi-seed experiment in `results/` (mean ± sample "
              "sd); *paper*: arXiv 2602.02276.", "",
-             f"Mode `{record['mode']}`; wall time {record['seconds'] / 60:.1f} min; torch {record['torch']}, "
-             f"{record['threads']} threads.", ""]
+             f"Mode `{record['mode']}`; this run's wall time {record['seconds'] / 60:.1f} min"
+             + (f" (training every stage from scratch took {record['trained_seconds'] / 60:.1f} min)"
+                if record.get("trained_seconds") else "")
+             + f"; torch {record['torch']}, {record['threads']} threads.", ""]
     flags = [f"- `{k}`: {v['stale']}" for k, v in record["stages"].items() if v.get("stale")]
     reused = [f"- `{k}`: REUSED `{v['reused']}`" for k, v in record["stages"].items() if v.get("reused")]
     if reused:
@@ -60,11 +63,13 @@ def report_card(record: dict[str, Any], results_dir: Path) -> str:
               "", "| finding | paper | committed | ours | verdict |", "|---|---|---|---|---|"]
     for r in _card_rows(metrics, results_dir, scale):
         lines.append(f"| {r['finding']} | {r['paper']} | {r['committed']} | {r['ours']} | {r['verdict']} |")
-    lines += ["", "| stage | status | seconds | result |", "|---|---|---|---|"]
+    lines += ["", "| stage | status | seconds (this run) | seconds (training) | result |", "|---|---|---|---|---|"]
     for v in record["stages"].values():
         res = "; ".join(f"{a}: {b}" for a, b in v.get("lines", {}).items())
         status = v["status"] + (" (resumed)" if v.get("resumed") else "") + (" (reused)" if v.get("reused") else "")
-        lines.append(f"| {v['title']} | {status} | {v.get('seconds', 0):.0f} | {res} |")
+        tr = v.get("trained_seconds")
+        lines.append(f"| {v['title']} | {status} | {v.get('seconds', 0):.0f} | {'—' if tr is None else f'{tr:.0f}'} | "
+                     f"{res} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +99,10 @@ def run(scale: str | None = None, mode: str = "train", runs_dir: Path | None = N
     record: dict[str, Any] = {"scale": scale, "mode": mode, "stages": {}, "torch": torch.__version__,
                               "threads": torch.get_num_threads()}
     out = results_dir / f"speedrun_{scale}.json"
+    try:  # a resumed stage keeps the training time of the run that trained it
+        before = (read_json(out) or {}).get("stages", {}) if mode == "train" else {}
+    except ValueError:
+        before = {}
     t_all = time.time()
     failed = False
     for st in stages:
@@ -110,9 +119,13 @@ def run(scale: str | None = None, mode: str = "train", runs_dir: Path | None = N
             failed = True
             break
         dt = time.time() - t0
+        trained = round(dt, 2)
+        if r.resumed:
+            old = before.get(st.key, {})
+            trained = old.get("trained_seconds") if old.get("metrics") == json.loads(json.dumps(r.metrics)) else None
         record["stages"][st.key] = {"title": st.title, "status": "ok", "seconds": round(dt, 2), "lines": r.lines,
                                     "metrics": r.metrics, "reused": r.reused, "stale": r.stale,
-                                    "resumed": r.resumed}
+                                    "resumed": r.resumed, "trained_seconds": None if r.reused else trained}
         if r.reused:
             log(f"       REUSED {r.reused}")
         for k, v in r.lines.items():
@@ -121,6 +134,8 @@ def run(scale: str | None = None, mode: str = "train", runs_dir: Path | None = N
             log(f"       {r.stale}")
         log(f"[ ok ] {st.title} ({dt:.1f} s{', resumed' if r.resumed else ''})")
     record["seconds"] = time.time() - t_all
+    trained = [v.get("trained_seconds") for v in record["stages"].values()]
+    record["trained_seconds"] = sum(trained) if trained and None not in trained else None
     record["complete"] = not failed and only is None
     if mode == "fresh" and not failed:  # the fresh run replaces the old one only once it has finished
         if final_runs.exists():

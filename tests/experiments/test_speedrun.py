@@ -41,10 +41,14 @@ def test_speedrun_gives_identical_numbers_twice_and_resumes(first, tmp_path):
     again = speedrun.run("smoke", runs_dir=tmp_path / "runs", results_dir=tmp_path / "results",
                          docs_dir=tmp_path / "docs", progress=False, log=lambda m: None)
     assert json.dumps(_metrics(again), sort_keys=True) == json.dumps(_metrics(rec), sort_keys=True)
-    resumed = speedrun.run("smoke", runs_dir=d / "runs", results_dir=tmp_path / "results2",
+    resumed = speedrun.run("smoke", runs_dir=d / "runs", results_dir=d / "results",
                            docs_dir=tmp_path / "docs2", progress=False, log=lambda m: None)
     for k in ("text", "vit", "joint", "swarm"):
         assert resumed["stages"][k]["resumed"], k
+        # the record keeps the time the stage took to train, not the seconds it took to find it finished
+        assert resumed["stages"][k]["trained_seconds"] == rec["stages"][k]["trained_seconds"] > 0, k
+    assert resumed["trained_seconds"] > 0
+    assert "training every stage from scratch took" in (tmp_path / "docs2" / "report_card_smoke.md").read_text()
     assert json.dumps(_metrics(resumed), sort_keys=True) == json.dumps(_metrics(rec), sort_keys=True)
 
 
