@@ -74,12 +74,12 @@ def card(metrics: dict[str, dict], results_dir: Path, scale: str) -> list[dict[s
 
     old = " STALE" if staleness(com, PACKAGE) else ""
 
-    def ms(d: dict[str, float], k: float = 1.0, nd: int = 1) -> str:
-        return f"{d['mean'] * k:.{nd}f} ± {d['std'] * k:.{nd}f} (n={d.get('n', '?')}){old}"
+    def ms(d: dict[str, float], k: float = 1.0, nd: int = 1, unit: str = "") -> str:
+        return f"{d['mean'] * k:.{nd}f}{unit} ± {d['std'] * k:.{nd}f}{unit} (n={d.get('n', '?')}){old}"
 
     ratio_ok = m["ratio_counts"] and 3.0 <= m["ratio"]
     rows = [{"finding": "swarm: fewer critical steps than a single agent (ch. 08)", "paper": PAPER["latency_speedup"],
-             "committed": ms(s["critical_steps_ratio"], 1, 2) + "x" if s else "—", "ours": f"{m['ratio']:.2f}x",
+             "committed": ms(s["critical_steps_ratio"], 1, 2, "x") if s else "—", "ours": f"{m['ratio']:.2f}x",
              "verdict": "reproduces (≥ 3x, single agent finishes, swarm F1 ≥ single)" if ratio_ok else
              "does not reproduce at this seed"},
             {"finding": "swarm: item-F1 single → swarm (ch. 08)",
