@@ -110,6 +110,8 @@ def test_fusion_diagnose_writes_stage_and_joint_rows(tmp_path):
             if isinstance(r, dict)]
     assert rows and all(r["n_items"] >= 2 for r in rows)  # unpairable sets are None, never a fake zero gap
     assert json.loads(diagnostics_path("smoke", tmp_path / "res").read_text()) == out
+    assert out["schema"] == 2 and out["experiment"] == "fusion_ablation/diagnostics"
+    assert out["provenance"]["source_hash"]
     # rows another check wrote meanwhile (e.g. a --skills run in a second process) survive a later diagnose
     path = diagnostics_path("smoke", tmp_path / "res")
     path.write_text(json.dumps({**out, "skills": {"VisReason": {"x": {}}}, "joint": {"old-s9": {}}}))

@@ -87,3 +87,21 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         speedrun.run("smoke", mode="replay", runs_dir=tmp_path, results_dir=tmp_path, docs_dir=tmp_path,
                      log=lambda m: None)
+
+
+def test_fresh_ignores_disk_and_replaces_the_old_run_only_when_it_finishes(first, tmp_path):
+    import shutil
+
+    d, rec = first
+    runs = tmp_path / "runs"
+    shutil.copytree(d / "runs", runs)
+    (runs / "marker").write_text("the old run")
+    kw = dict(runs_dir=runs, results_dir=tmp_path / "results", docs_dir=tmp_path / "docs", progress=False,
+              log=lambda m: None)
+    bad = speedrun.run("smoke", mode="fresh", only=("swarm",), **kw)  # no joint checkpoint in a fresh folder
+    assert bad["stages"]["swarm"]["status"] == "failed" and "checkpoint" in bad["stages"]["swarm"]["error"]
+    assert (runs / "marker").read_text() == "the old run"  # a failed fresh run leaves the old one alone
+    good = speedrun.run("smoke", mode="fresh", **kw)
+    assert good["complete"] and not any(v["resumed"] for v in good["stages"].values())
+    assert not (runs / "marker").exists() and not runs.with_name("runs.fresh").exists()
+    assert json.dumps(_metrics(good), sort_keys=True) == json.dumps(_metrics(rec), sort_keys=True)

@@ -37,15 +37,15 @@ from k25mini.experiments.ch05_fusion.stages import (
     train_config,
     vit_docs,
 )
-from k25mini.experiments.results import read_json, write_json
+from k25mini.experiments.results import read_json, write_result
 from k25mini.experiments.results import results_dir as resolve_results_dir
 from k25mini.pretrain.diagnose import image_reliance, mismatched_pairs
 from k25mini.pretrain.docs import doc_stream
 from k25mini.train import Trainer, load_weights
 from k25mini.world import SUITES, VISION_CORPORA, World, corpus_item
 
-__all__ = ["VISION_SUITES", "BUDGET_MIXES", "diagnostics_path", "diagnose", "check_targets", "skill_check",
-           "perception_check", "vision_check", "blind_check", "vision_budget_check"]
+__all__ = ["VISION_SUITES", "BUDGET_MIXES", "diagnostics_path", "save_diagnostics", "diagnose", "check_targets",
+           "skill_check", "perception_check", "vision_check", "blind_check", "vision_budget_check"]
 
 VISION_SUITES: tuple[str, ...] = tuple(s for s in SUITES if s not in TEXT_SUITES)
 #: caption documents for the ViT-stage check come from corpus rows far beyond any stage's training rows
@@ -54,6 +54,14 @@ _DIAG_ROW0 = 10**6
 
 def diagnostics_path(scale: str, results_dir: Path | None = None) -> Path:
     return resolve_results_dir(results_dir) / "fusion_ablation" / f"diagnostics_{scale}.json"
+
+
+def save_diagnostics(path: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """Write the merged diagnostics atomically, stamped with the results schema and the code version of the
+    checks (the last writer's; each row keeps the config or stage key it was measured on). Returns the file's
+    content."""
+    return write_result(path, content, experiment="fusion_ablation/diagnostics",
+                        package="k25mini.experiments.ch05_fusion.checks")
 
 
 def _reliance(model, tok: Tokenizer, items: list) -> dict[str, Any] | None:
@@ -109,8 +117,7 @@ def diagnose(cfg: FusionConfig, vit_steps: tuple[int, ...] = (), runs_dir: Path 
     merged = (read_json(path) or {})  # read late: other checks may have written
     for part, rows in out.items():
         merged.setdefault(part, {}).update(rows)
-    write_json(path, merged)
-    return merged
+    return save_diagnostics(path, merged)
 
 
 def check_targets(cfg: FusionConfig, runs: list[tuple[str, int]] | None, extra: dict[str, Path] | None,
@@ -149,7 +156,7 @@ def _check_each(cfg: FusionConfig, todo: dict[str, tuple[Path, dict]], where: tu
         for k in where:
             node = node.setdefault(k, {})
         node[name] = {**key, "checkpoint": str(d), **row}
-        write_json(path, out)
+        out = save_diagnostics(path, out)
     return out
 
 
@@ -218,8 +225,7 @@ def blind_check(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str,
     row = {"config_key": cfg.key(), **{s: blind_baseline(items) for s, items in eval_sets(cfg).items()}}
     cur = (read_json(path) or {})
     cur["best_constant"] = row
-    write_json(path, cur)
-    return cur
+    return save_diagnostics(path, cur)
 
 
 #: vision-only training mixes of :func:`vision_budget_check`: the joint stage's whole vision mix, and the corpora
@@ -260,8 +266,7 @@ def vision_budget_check(cfg: FusionConfig, steps: tuple[int, ...], mixes: tuple[
     def save(name: str, row: dict[str, Any]) -> dict[str, Any]:
         cur = (read_json(path) or {})  # re-read: other checks may write
         cur.setdefault("vision_budget", {})[name] = row
-        write_json(path, cur)
-        return cur
+        return save_diagnostics(path, cur)
 
     blind_check(cfg, results_dir)
     old_b1 = out.get("vision_budget", {}).get("B1 (own decoder)", {})
