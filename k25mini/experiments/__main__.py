@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.workers < 1:
         ap.error(f"--workers must be >= 1, got {a.workers}")
-    todo = [get(n) for n in a.only] if a.only else [e for e in EXPERIMENTS if e.reproduce]
+    try:
+        todo = [get(n) for n in a.only] if a.only else [e for e in EXPERIMENTS if e.reproduce]
+    except ValueError as err:
+        ap.error(f"--only: {err}")
     for e in todo:
         if e.reproduce is None:
             ap.error(f"experiment {e.name!r} has no multi-seed run")

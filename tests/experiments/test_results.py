@@ -91,3 +91,17 @@ def test_registry_lists_each_experiment_once_with_resolvable_entry_points():
         get("nope")
     with pytest.raises(ValueError, match="module:function"):
         resolve("no_colon")
+
+
+def test_experiments_cli_lists_and_refuses_bad_arguments(capsys):
+    from k25mini.experiments.__main__ import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "fusion_ablation" in out and "python -m k25mini.experiments.ch05_fusion --workers 2" in out
+    for argv, msg in ((["reproduce", "--only", "nope"], "no experiment 'nope'"),
+                      (["reproduce", "--only", "world"], "no multi-seed run"),
+                      (["reproduce", "--workers", "0"], "--workers must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert msg in capsys.readouterr().err
