@@ -170,5 +170,6 @@ def test_data_parallel_replicas_clip_identically():
         out = mgr.dict()
         mp.spawn(_dp_worker, args=(2, port, out), nprocs=2, join=True)
         a, b = out[0], out[1]
+    assert a and set(a) == set(b)  # an empty state dict would compare nothing
     for k in a:
         assert torch.equal(a[k], b[k]), k
