@@ -14,20 +14,27 @@ from torch import nn
 
 from k25mini.config import TextConfig
 from k25mini.model.cache import MLACache
-from k25mini.model.masks import attention_mask, doc_ids_from_cu_seqlens, doc_runs, positions_from_doc_ids
+from k25mini.model.masks import (
+    DocPacking,
+    attention_mask,
+    doc_ids_from_cu_seqlens,
+    doc_packing,
+    doc_runs,
+    positions_from_doc_ids,
+)
 from k25mini.model.mla import MLAttention, capture_max_logits, collect_max_logits, set_max_logit_recording
 from k25mini.model.moe import MoELayer, moe_aux_loss, update_moe_biases
 from k25mini.model.norm import RMSNorm
 from k25mini.model.rope import RotaryEmbedding
 from k25mini.model.swiglu import SwiGLU
 
-__all__ = ["DenseMLP", "K2DecoderLayer", "K2Model", "K2ForCausalLM"]
+__all__ = ["DenseMLP", "K2DecoderLayer", "K2Model", "K2ForCausalLM", "set_varlen_attention"]
 
 DenseMLP = SwiGLU  # gate_proj / up_proj [I, D], down_proj [D, I]
 
 
 class K2DecoderLayer(nn.Module):
-    """Pre-norm block. forward(x [B, S, D], cos, sin, attn_mask, cache, absorb) -> [B, S, D]."""
+    """Pre-norm block. forward(x [B, S, D], cos, sin, attn_mask, cache, absorb, packing) -> [B, S, D]."""
 
     def __init__(self, cfg: TextConfig, layer_idx: int, moe_backend: str | None = None) -> None:
         super().__init__()
@@ -48,13 +55,22 @@ class K2DecoderLayer(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: MLACache | None = None,
         absorb: bool | None = None,
+        packing: DocPacking | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, absorb)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, absorb, packing)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class K2Model(nn.Module):
-    """Token embeddings -> decoder layers -> final RMSNorm. forward(...) -> hidden states [B, S, D]."""
+    """Token embeddings -> decoder layers -> final RMSNorm. forward(...) -> hidden states [B, S, D].
+
+    Packed documents attend through the block-diagonal (varlen) MLA path: the layout
+    (:func:`~k25mini.model.masks.doc_packing`) is built once per forward and shared by every layer. Set
+    ``varlen_attention = False`` on the instance (or :func:`set_varlen_attention`) to force the dense
+    ``[B, 1, S, S]`` masked path instead (tests and benchmarks compare the two).
+    """
+
+    varlen_attention: bool = True
 
     def __init__(self, cfg: TextConfig, moe_backend: str | None = None) -> None:
         super().__init__()
@@ -78,13 +94,18 @@ class K2Model(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         kv_cache: MLACache | None = None,
         absorb: bool | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Exactly one of ``input_ids`` [B, S] (int) or ``inputs_embeds`` [B, S, D].
 
         * ``doc_ids`` [B, S] or ``cu_seqlens`` [n+1]: packed documents (attention within a document,
-          positions restart per document unless ``position_ids`` is given).
+          positions restart per document unless ``position_ids`` is given). Attention runs block-diagonally per
+          document (varlen path) unless ``absorb=True`` or ``self.varlen_attention`` is False (dense mask).
         * ``kv_cache``: an :class:`MLACache`; new tokens are appended and positions continue after the cache.
         * ``absorb``: force the absorbed (True) or naive (False) MLA path; default absorbed for 1-token decode.
+        * ``attn_mask``: an explicit bool mask [B|1, 1, S, T] (True = attend; T = cached + S), e.g. for
+          left-padded batches of prompts of different lengths; not with ``doc_ids``. With ``position_ids`` given,
+          the position limit is checked on the largest position instead of the cache length.
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -112,6 +133,8 @@ class K2Model(nn.Module):
                 raise ValueError(f"doc_ids must be [B={B}, S={S}], got {tuple(doc_ids.shape)}")
             if kv_cache is not None:
                 raise ValueError("packed documents (doc_ids/cu_seqlens) cannot be combined with kv_cache")
+        if attn_mask is not None and position_ids is None:
+            raise ValueError("attn_mask needs explicit position_ids [B, S]")
         past = 0
         if kv_cache is not None:
             if kv_cache.num_layers != len(self.layers):
@@ -124,14 +147,26 @@ class K2Model(nn.Module):
                 position_ids = (torch.arange(S, device=x.device) + past).expand(B, S)
         elif position_ids.shape != (B, S):
             raise ValueError(f"position_ids must be [B={B}, S={S}], got {tuple(position_ids.shape)}")
-        if past + S > cfg.max_position_embeddings:
+        if attn_mask is not None:
+            if doc_ids is not None:
+                raise ValueError("pass attn_mask or packed documents (doc_ids/cu_seqlens), not both")
+            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[-2:] != (S, past + S):
+                raise ValueError(f"attn_mask must be bool [B, 1, S={S}, T={past + S}], got {attn_mask.dtype} "
+                                 f"{tuple(attn_mask.shape)}")
+        longest = past + S if attn_mask is None else int(position_ids.max()) + 1
+        if longest > cfg.max_position_embeddings:
             raise ValueError(
-                f"sequence length {past + S} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+                f"sequence length {longest} exceeds max_position_embeddings={cfg.max_position_embeddings}"
             )
         cos, sin = self.rotary_emb(position_ids.to(x.device), dtype=x.dtype)
-        mask = attention_mask(S, S, doc_ids=doc_ids) if doc_ids is not None else None
+        mask, packing = attn_mask, None
+        if doc_ids is not None:
+            if self.varlen_attention and not absorb:
+                packing = doc_packing(doc_ids.to(x.device))
+            else:
+                mask = attention_mask(S, S, doc_ids=doc_ids)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, kv_cache, absorb)
+            x = layer(x, cos, sin, mask, kv_cache, absorb, packing)
         return self.norm(x)
 
 
@@ -280,3 +315,14 @@ class K2ForCausalLM(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def set_varlen_attention(model: nn.Module, enabled: bool = True) -> int:
+    """Use (True, the default) or bypass (False: dense masked attention) the block-diagonal path for packed
+    documents in every :class:`K2Model` inside ``model``; returns how many were set."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, K2Model):
+            m.varlen_attention = bool(enabled)
+            n += 1
+    return n

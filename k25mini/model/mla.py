@@ -18,6 +18,13 @@ to attend over that cache:
   directly on the latent; per-head keys/values are never built. Used for decode (few queries, long cache).
 
 Both give the same numbers (tested). For QK-Clip the module can record the per-head maximum pre-softmax logit.
+
+Packed training/prefill (several documents per row, no cache) takes a third, **block-diagonal (varlen)** path
+when the caller passes a :class:`~k25mini.model.masks.DocPacking` (``K2Model`` does, for ``doc_ids``): the
+tokens are gathered once into padded ``[n_docs, L]`` buckets of similar-length documents, attention runs
+causally per document, and the result is scattered back. Its cost is ~``sum(len_i^2)`` score entries instead of
+the dense ``B * S^2`` masked matrix (issue #15; ``benchmarks/bench_varlen_attention.py``). It records the same
+per-head max logits as the dense path, over allowed positions only.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from torch import nn
 
 from k25mini.config import TextConfig
 from k25mini.model.cache import MLACache
+from k25mini.model.masks import DocPacking
 from k25mini.model.norm import RMSNorm
 from k25mini.model.rope import apply_rope, softmax_scale
 
@@ -80,6 +88,9 @@ class MLAttention(nn.Module):
         self.record_max_logits = False  # record in training mode (set by build_optimizer for MuonClip)
         self._capture = False  # record in any mode (capture_max_logits)
         self.max_logits: torch.Tensor | None = None
+        # varlen path without recording: None = F.scaled_dot_product_attention off CPU, the explicit
+        # baddbmm/softmax/bmm on CPU (faster there); True/False forces SDPA or the explicit kernel
+        self.varlen_sdpa: bool | None = None
 
     # ---------------------------------------------------------------- projections
     def query(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,11 +121,15 @@ class MLAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         cache: MLACache | None = None,
         absorb: bool | None = None,
+        packing: DocPacking | None = None,
     ) -> torch.Tensor:
         """Attend. ``attn_mask``: bool [B|1, 1, S, T] (True = attend) or None for causal.
 
         With ``cache`` the new latents are appended and the queries attend over the whole cache
         (T = cached + S). ``absorb``: use the absorbed path; default True when S == 1 with a cache.
+        ``packing``: the block-diagonal layout of packed documents (:func:`~k25mini.model.masks.doc_packing`,
+        built once per forward by ``K2Model``); attention then stays causal within each document through the
+        varlen path. It replaces ``attn_mask`` and cannot be combined with ``cache`` or ``absorb=True``.
         """
         if x.ndim != 3:
             raise ValueError(f"x must be [B, S, D], got {tuple(x.shape)}")
@@ -126,6 +141,13 @@ class MLAttention(nn.Module):
         q_pe = apply_rope(q_pe, cos, sin)
         c_kv, k_pe = self.latent(x)
         k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)
+        if packing is not None:
+            if cache is not None or absorb or attn_mask is not None:
+                raise ValueError("packing (varlen attention) cannot be combined with cache, absorb=True or attn_mask")
+            if (packing.batch_size, packing.seq_len) != (B, S):
+                raise ValueError(f"packing is for [B={packing.batch_size}, S={packing.seq_len}], x is [B={B}, S={S}]")
+            out = self._attend_varlen(q_nope, q_pe, c_kv, k_pe, packing)
+            return self.o_proj(out.reshape(B, S, self.num_heads * self.v_head_dim))
         if cache is not None:
             c_kv, k_pe = cache.update(self.layer_idx, c_kv, k_pe)
         T = c_kv.shape[1]
@@ -179,6 +201,55 @@ class MLAttention(nn.Module):
             mask = attn_mask if attn_mask is not None else self._causal_mask(S, T, q.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale)
         return out.transpose(1, 2)  # [B, S, H, v]
+
+    def _attend_varlen(self, q_nope, q_pe, c_kv, k_pe, packing: DocPacking) -> torch.Tensor:
+        """Block-diagonal causal attention over packed documents -> [B, S, H, v].
+
+        One gather puts [q | k | v] of every (token, head) into its document's slot of the padded head-major
+        layout, so each bucket is one contiguous ``[H * n, L, 2dq + dv]`` block (batched matmuls on views, no
+        transposes); each bucket attends causally (documents are left-aligned, so a real query never sees a
+        padding slot and no padding mask is needed); one gather brings the outputs back to token order.
+        Scores are ``baddbmm(causal_bias, q, k^T, alpha=scale)`` (mask and scale fused into the matmul), softmax
+        in >= fp32, then ``bmm`` with v; when recording, the per-head max is taken over real queries and their
+        allowed keys, as :meth:`_record` does on the dense matrix. On CPU this beats SDPA at these head sizes
+        (which has no fused kernel for v dim != qk dim; measured, benchmarks/bench_varlen_attention.py), so SDPA
+        (``is_causal``) is used only off CPU without recording, or when ``varlen_sdpa`` is set True.
+        """
+        B, S, H, _ = q_nope.shape
+        dq, dv = self.qk_head_dim, self.v_head_dim
+        kv = self.kv_b_proj(c_kv).view(B, S, H, self.qk_nope_head_dim + dv)
+        k_pe = k_pe.unsqueeze(2).expand(B, S, H, self.qk_rope_head_dim)
+        tokens = torch.cat([q_nope, q_pe, kv[..., : self.qk_nope_head_dim], k_pe, kv[..., self.qk_nope_head_dim :]],
+                           dim=-1).view(B * S * H, 2 * dq + dv)
+        gather, scatter = packing.head_major(H)
+        slots = tokens.index_select(0, gather)  # [H * P, 2dq + dv], bucket-major, then head, document, position
+        # split, not slicing: the backward of a slice writes into a zero-filled full-size tensor per bucket
+        sizes = [H * bk.n * bk.length for bk in packing.buckets]
+        parts = slots.split(sizes) if len(sizes) > 1 else (slots,)
+        record = self._recording()
+        sdpa = self.varlen_sdpa if self.varlen_sdpa is not None else slots.device.type != "cpu"
+        outs, maxima = [], []
+        for bk, part in zip(packing.buckets, parts):
+            n, L = bk.n, bk.length
+            q, k, v = part.view(H * n, L, -1).split([dq, dq, dv], dim=-1)
+            if sdpa and not record:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
+            else:
+                bias = packing.causal_bias(L, q.dtype, q.device)
+                logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.softmax_scale)  # [H*n, L, L]
+                if record:
+                    with torch.no_grad():
+                        rowmax = logits.detach().amax(dim=-1).float().view(H, n, L)
+                        maxima.append(rowmax.masked_fill(~bk.valid, float("-inf")).amax(dim=(1, 2)))
+                wide = torch.promote_types(logits.dtype, torch.float32)
+                o = torch.bmm(torch.softmax(logits.to(wide), dim=-1).to(v.dtype), v)
+            outs.append(o.reshape(H * n * L, dv))
+        if maxima:
+            with torch.no_grad():
+                m = torch.stack(maxima).amax(dim=0)
+                self.max_logits = m if self.max_logits is None else torch.maximum(self.max_logits, m)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return out.index_select(0, scatter).view(B, S, H, dv)
 
     def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe, attn_mask) -> torch.Tensor:
         S, T = q_nope.shape[1], c_kv.shape[1]
