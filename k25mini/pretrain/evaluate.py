@@ -3,6 +3,11 @@
 Each item's prompt (``<|bos|> prompt + " "``, media expanded) is prefilled once into an MLA cache with the
 vision embeddings fused in, then tokens are decoded greedily until ``<|eos|>``, a newline or
 ``max_new_tokens``. The decoded text is scored by the world's exact scorer (:func:`k25mini.world.score`).
+
+:func:`greedy_answer` decodes one item (the simple reference); :func:`greedy_answers` decodes many at once
+(used by :func:`evaluate_items`): prompts are left-padded to a common length, a bool attention mask hides the
+pads and per-row position ids keep every row's RoPE positions at ``0 .. len - 1`` for the prompt and
+``len, len + 1, ...`` for the answer, exactly as the one-item path, so both give the same answers.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import prompt_ids
 from k25mini.world import Item, score
 
-__all__ = ["greedy_answer", "evaluate_items", "teacher_forced_exact", "NEWLINE"]
+__all__ = ["greedy_answer", "greedy_answers", "evaluate_items", "teacher_forced_exact", "NEWLINE"]
 
 NEWLINE = 10  # byte id of "\n": answers are one line
 
@@ -45,11 +50,122 @@ def greedy_answer(model, tok: Tokenizer, item: Item, max_new_tokens: int = 24) -
         model.train(was_training)
 
 
-def evaluate_items(model, tok: Tokenizer, items: Sequence[Item], max_new_tokens: int = 24) -> tuple[float, list[float]]:
-    """Mean score over ``items`` and the per-item scores (in order)."""
+def _check_int(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+
+
+@torch.no_grad()
+def greedy_answers(model, tok: Tokenizer, items: Sequence[Item], max_new_tokens: int = 24,
+                   batch_size: int = 32) -> list[str]:
+    """:func:`greedy_answer` for every item of ``items`` (in order), ``batch_size`` items decoded at once.
+
+    Items are grouped by prompt length (less padding) and each group is prefilled in one forward into an
+    :class:`~k25mini.model.cache.MLACache`, media of the whole group encoded together. Prompts are left-padded
+    with ``<|pad|>``; the mask lets a row's tokens see only its own (causal) tokens and every pad only itself
+    (a fully masked softmax row would turn the pad's cached latent into NaN). Rows stop independently at
+    ``<|eos|>``, a newline or ``max_new_tokens``; finished rows leave the batch (and the cache).
+    """
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
+        raise ValueError("items must be a non-empty sequence of eval items")
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("batch_size", batch_size, 1)
+    was_training = model.training
+    model.eval()
+    try:
+        prompts = [prompt_ids(it, tok, model.media_token_counts) for it in items]
+        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # stable: ties keep item order
+        answers: list[str] = [""] * len(items)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            outs = _greedy_batch(model, tok, [prompts[i] for i in idx], [items[i] for i in idx], max_new_tokens)
+            for i, out in zip(idx, outs):
+                answers[i] = tok.decode(out, skip_special=True).strip()
+        return answers
+    finally:
+        model.train(was_training)
+
+
+def _decoder_step(lm, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    """Logits of the last position, with an explicit bool ``mask`` [B, 1, S, T] and per-row ``positions``."""
+    h = lm.model(inputs_embeds=x, position_ids=positions, attn_mask=mask, kv_cache=cache)
+    return lm.lm_head(h[:, -1:])[:, -1]
+
+
+def _prefill(model, tok: Tokenizer, prompts: list[list[int]], media: list) -> tuple[torch.Tensor, dict]:
+    """Left-padded prefill of ``prompts`` (``media`` in row-major order): the next-token logits [B, vocab] and
+    the decode state (cache, ``valid`` [B, T] real cached columns, prompt ``lens`` [B])."""
+    lm = model.language_model
+    max_pos = lm.config.max_position_embeddings
+    dev = lm.lm_head.weight.device
+    lens = torch.tensor([len(p) for p in prompts], device=dev)
+    B, P = len(prompts), int(lens.max())
+    if P > max_pos:
+        raise ValueError(f"sequence length {P} exceeds max_position_embeddings={max_pos}")
+    ids = torch.full((B, P), tok.pad_id, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, P - len(p) :] = torch.tensor(p)
+    ids = ids.to(dev)
+    cols = torch.arange(P, device=dev)
+    start = P - lens  # first real column of each row
+    valid = cols[None, :] >= start[:, None]  # [B, T]: cached columns that hold real tokens
+    causal = cols[None, :] <= cols[:, None]  # [S, T]
+    mask = (causal[None] & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)[None]
+    positions = (cols[None, :] - start[:, None]).clamp(min=0)  # pads sit at 0; they are never attended
+    cache = lm.new_kv_cache()
+    logits = _decoder_step(lm, model.embed(ids, media or None), positions, mask[:, None], cache)
+    return logits, {"cache": cache, "valid": valid, "lens": lens}
+
+
+def _decode(lm, nxt: torch.Tensor, step: int, state: dict) -> torch.Tensor:
+    """Feed ``nxt`` [B] (the answer token ``step``, 0-based) of every row; the next logits [B, vocab]."""
+    pos = state["lens"] + step  # prompt 0 .. len - 1, answer len, len + 1, ...
+    max_pos = lm.config.max_position_embeddings
+    if int(pos.max()) >= max_pos:
+        raise ValueError(f"sequence length {int(pos.max()) + 1} exceeds max_position_embeddings={max_pos}")
+    valid = state["valid"] = torch.cat([state["valid"], state["valid"].new_ones(len(nxt), 1)], dim=1)
+    return _decoder_step(lm, lm.model.embed_tokens(nxt[:, None]), pos[:, None], valid[:, None, None, :],
+                         state["cache"])
+
+
+def _keep_rows(state: dict, sel: torch.Tensor) -> None:
+    """Drop finished rows: keep batch rows ``sel`` of the cache and the row state."""
+    state["cache"].reorder(sel)
+    state["valid"], state["lens"] = state["valid"][sel], state["lens"][sel]
+
+
+def _greedy_batch(model, tok: Tokenizer, prompts: list[list[int]], items: Sequence[Item],
+                  max_new_tokens: int) -> list[list[int]]:
+    """Generated token ids (stop token excluded) of one batch of prompts."""
+    media = [m for it in items for m in it.images]  # row-major, as the media pads appear in the prompts
+    logits, state = _prefill(model, tok, prompts, media)
+    outs: list[list[int]] = [[] for _ in prompts]
+    rows = list(range(len(prompts)))  # batch row -> prompt index, for the rows still decoding
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        keep = []
+        for r, t in enumerate(nxt.tolist()):
+            if t in (tok.eos_id, NEWLINE):
+                continue
+            outs[rows[r]].append(t)
+            keep.append(r)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            sel = torch.tensor(keep, device=nxt.device)
+            _keep_rows(state, sel)
+            nxt, rows = nxt[sel], [rows[r] for r in keep]
+        logits = _decode(model.language_model, nxt, step, state)
+    return outs
+
+
+def evaluate_items(model, tok: Tokenizer, items: Sequence[Item], max_new_tokens: int = 24,
+                   batch_size: int = 32) -> tuple[float, list[float]]:
+    """Mean score over ``items`` and the per-item scores (in order); answers from :func:`greedy_answers`."""
     if not items:
         raise ValueError("items must be a non-empty sequence of eval items")
-    scores = [float(score(it, greedy_answer(model, tok, it, max_new_tokens))) for it in items]
+    answers = greedy_answers(model, tok, items, max_new_tokens, batch_size)
+    scores = [float(score(it, a)) for it, a in zip(items, answers)]
     return sum(scores) / len(scores), scores
 
 
