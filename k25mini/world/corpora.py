@@ -46,9 +46,14 @@ def _train_spec(world: World, rng, draw: Callable[[], dict], prefix: str) -> dic
 
 def _icon(world: World, rng, e) -> np.ndarray:
     spec = _train_spec(
-        world, rng, lambda: sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side), f"icon:{e.name}"
+        world, rng, lambda: sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side, world.sizes.side_step),
+        f"icon:{e.name}",
     )
     return render_icon(spec)[0]
+
+
+def _scene_draw(world: World, rng, looks):
+    return lambda: sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
 
 
 def _page_doc(world: World, rng) -> Item:
@@ -74,7 +79,7 @@ def _caption_entity(world: World, rng) -> Item:
 def _caption_scene(world: World, rng) -> Item:
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
-    spec = _train_spec(world, rng, lambda: sample_scene_spec(rng, looks, world.sizes.scene_side), "scene")
+    spec = _train_spec(world, rng, _scene_draw(world, rng, looks), "scene")
     img, truth = render_scene(spec)
     counts: dict[tuple[str, str], int] = {}
     for lk in looks:
@@ -89,7 +94,7 @@ def _caption_ground(world: World, rng) -> Item:
     includes grounding); never phrased as a question."""
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
-    spec = _train_spec(world, rng, lambda: sample_scene_spec(rng, looks, world.sizes.scene_side), "scene")
+    spec = _train_spec(world, rng, _scene_draw(world, rng, looks), "scene")
     img, truth = render_scene(spec)
     objs = sorted(truth["objects"], key=lambda o: (o["cell"], o["box"]))
     boxes = boxes_to_tenths([o["box"] for o in objs], spec["h"], spec["w"])
@@ -118,7 +123,8 @@ def _interleaved(world: World, rng) -> Item:
 
 def _chart_caption(world: World, rng) -> Item:
     cols, vals = chart_values(rng)
-    spec = _train_spec(world, rng, lambda: sample_chart_spec(rng, cols, vals, world.sizes.scene_side), "chart")
+    sz = world.sizes
+    spec = _train_spec(world, rng, lambda: sample_chart_spec(rng, cols, vals, sz.scene_side, sz.side_step), "chart")
     img, truth = render_chart(spec)
     table = ", ".join(f"{c} {v}" for c, v in zip(cols, vals))
     return Item("VisReason", f"{IMAGE}{table}.", [img], "", {"skill": "chart_caption", "truth": truth})
@@ -128,7 +134,8 @@ def _video_caption(world: World, rng) -> Item:
     t = int(rng.integers(1, world.sizes.max_frames + 1))
     d = "still" if t == 1 else pick_one(rng, list(DIRECTIONS))
     c, s = pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES)
-    spec = _train_spec(world, rng, lambda: sample_video_spec(rng, c, s, d, t, world.sizes.video_side), "video")
+    sz = world.sizes
+    spec = _train_spec(world, rng, lambda: sample_video_spec(rng, c, s, d, t, sz.video_side, sz.side_step), "video")
     vid, truth = render_video(spec)
     verb = "sits still" if d == "still" else f"moves {d}"
     return Item(

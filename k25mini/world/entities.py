@@ -59,13 +59,25 @@ def _names(rng: np.random.Generator, n: int) -> list[str]:
     return names
 
 
-def make_entities(rng: np.random.Generator, n: int) -> list[Entity]:
-    """``n`` entities, each with a unique look and a friend (never itself)."""
+def make_entities(rng: np.random.Generator, n: int, even_looks: bool = False) -> list[Entity]:
+    """``n`` entities, each with a unique look and a friend (never itself). ``even_looks`` (n <= 16) spreads the
+    looks evenly: up to 8 entities share no colour and no shape; up to 16, each colour and each shape is worn by
+    at most two (so an icon is recognised by its colour *and* its shape). Otherwise looks are drawn at random."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= MAX_ENTITIES:
         raise ValueError(f"n_entities must be an int in 2..{MAX_ENTITIES}, got {n!r}")
     names = _names(rng, n)
-    looks = [(c, s) for c in COLOURS for s in SHAPES]
-    order = rng.permutation(len(looks))[:n]
+    k = min(len(COLOURS), len(SHAPES))
+    if even_looks:
+        if n > 2 * k:
+            raise ValueError(f"even_looks needs n_entities <= {2 * k}, got {n}")
+        # few entities: looks spread evenly (no colour or shape on more than ceil(n / 8) entities)
+        cols, shs = rng.permutation(len(COLOURS))[:k], rng.permutation(len(SHAPES))[:k]
+        # entity i: colour i mod k, shape (i + i // k) mod k -> the second round pairs each colour with another shape
+        looks = [(list(COLOURS)[int(cols[i % k])], SHAPES[int(shs[(i + i // k) % k])]) for i in range(n)]
+        order = np.arange(n)
+    else:
+        looks = [(c, s) for c in COLOURS for s in SHAPES]
+        order = rng.permutation(len(looks))[:n]
     friends = rng.integers(0, n - 1, size=n)
     out = []
     for i, name in enumerate(names):

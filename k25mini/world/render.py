@@ -67,6 +67,23 @@ def _check_range(name: str, rng_: Any) -> tuple[int, int]:
     return lo, hi
 
 
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an int >= 1 (px), got {step!r}")
+    return int(step)
+
+
+def _draw_side(rng: np.random.Generator, lo: int, hi: int, step: int = 1) -> int:
+    """A side in ``[lo, hi]``, a multiple of ``step`` when ``step`` > 1 (at least one such value must exist)."""
+    step = _check_step(step)
+    if step == 1:
+        return int(rng.integers(lo, hi + 1))
+    first, last = -(-lo // step), hi // step
+    if first > last:
+        raise ValueError(f"no multiple of step={step} px lies in the side range ({lo}, {hi})")
+    return step * int(rng.integers(first, last + 1))
+
+
 def _colour(name: str) -> tuple[int, int, int]:
     if name not in COLOURS:
         raise ValueError(f"colour must be one of {sorted(COLOURS)}, got {name!r}")
@@ -127,10 +144,11 @@ def boxes_to_tenths(boxes: list[list[int]], h: int, w: int) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------- icons
-def sample_icon_spec(rng: np.random.Generator, colour: str, shape: str, side: tuple[int, int]) -> dict:
-    """Spec of one entity icon: its look plus size, position and background (the 'render')."""
+def sample_icon_spec(rng: np.random.Generator, colour: str, shape: str, side: tuple[int, int], step: int = 1) -> dict:
+    """Spec of one entity icon: its look plus size, position and background (the 'render'). Sides are multiples
+    of ``step`` px."""
     lo, hi = _check_range("side", side)
-    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
     m = min(h, w)
     r = int(rng.integers(max(4, round(0.28 * m)), max(5, round(0.42 * m)) + 1))
     r = min(r, (m - 2) // 2)
@@ -159,12 +177,14 @@ def render_icon(spec: dict) -> tuple[np.ndarray, dict]:
 
 
 # ---------------------------------------------------------------------------------------------- scenes
-def sample_scene_spec(rng: np.random.Generator, looks: list[tuple[str, str]], side: tuple[int, int]) -> dict:
-    """Place ``looks`` (colour, shape) without overlap on a canvas of random size in ``side``."""
+def sample_scene_spec(rng: np.random.Generator, looks: list[tuple[str, str]], side: tuple[int, int],
+                      step: int = 1) -> dict:
+    """Place ``looks`` (colour, shape) without overlap on a canvas of random size in ``side`` (sides multiples of
+    ``step`` px)."""
     lo, hi = _check_range("side", side)
     if len(looks) == 0:
         raise ValueError("looks must hold at least one (colour, shape)")
-    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
     m = min(h, w)
     scale = 0.16 if len(looks) <= 3 else 0.12
     for _ in range(50):  # shrink the objects until they fit
@@ -197,28 +217,62 @@ def render_scene(spec: dict) -> tuple[np.ndarray, dict]:
 
 
 # ---------------------------------------------------------------------------------------------- OCR
-def sample_text_spec(rng: np.random.Generator, text: str, max_zoom: int = 3) -> dict:
-    """A word/number strip: zoom 1..max_zoom of the bitmap font, margins, ink and paper colours."""
+def sample_text_spec(rng: np.random.Generator, text: str, max_zoom: int = 3, min_zoom: int = 1,
+                     slot: int = 0) -> dict:
+    """A word/number strip: zoom ``min_zoom..max_zoom`` of the bitmap font, margins, ink and paper colours.
+
+    ``slot`` > 0 draws each character centred in its own ``slot``-px cell (after zoom) on a strip of two slots'
+    height with a one-slot left margin: with ``slot`` = one vision token's side, character ``i`` sits in token
+    column ``i + 1``. ``slot`` = 0 sets the text proportionally with random margins."""
     if not text or not text.isascii() or not text.isprintable():
         raise ValueError(f"text must be a non-empty printable ASCII string, got {text!r}")
-    return {
+    if isinstance(min_zoom, bool) or not isinstance(min_zoom, int) or not 1 <= min_zoom <= max_zoom:
+        raise ValueError(f"zoom range must satisfy 1 <= min_zoom <= max_zoom, got {min_zoom}..{max_zoom}")
+    if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
+        raise ValueError(f"slot must be an int >= 0 (px), got {slot!r}")
+    spec = {
         "kind": "text",
         "text": text,
-        "zoom": int(rng.integers(1, max_zoom + 1)),
+        "zoom": int(rng.integers(min_zoom, max_zoom + 1)),
         "pad": [int(x) for x in rng.integers(2, 9, size=4)],  # top, right, bottom, left (px before zoom)
         "ink": [int(x) for x in rng.integers(0, 90, size=3)],
         "bg": _bg(rng),
     }
+    if slot:
+        spec["slot"] = slot
+    return spec
+
+
+def _render_slotted(spec: dict) -> np.ndarray:
+    """Each character centred in its own ``slot`` x ``2*slot`` cell; one empty slot of margin on the left."""
+    text, z, slot = spec["text"], int(spec["zoom"]), int(spec["slot"])
+    h, w = 2 * slot, slot * (len(text) + 1)
+    img, draw = _canvas(h, w, spec["bg"])
+    for i, ch in enumerate(text):
+        x0, y0, x1, y1 = _FONT.getbbox(ch)
+        gw, gh = (x1 - x0) * z, (y1 - y0) * z
+        if gw > slot or gh > h:
+            raise ValueError(f"a zoom-{z} glyph ({gw}x{gh} px) does not fit a {slot}-px slot")
+        glyph, gdraw = _canvas(y1 - y0, x1 - x0, spec["bg"])
+        gdraw.text((-x0, -y0), ch, fill=tuple(spec["ink"]), font=_FONT)
+        glyph = glyph.resize((gw, gh), Image.NEAREST)
+        img.paste(glyph, (slot * (i + 1) + (slot - gw) // 2, (h - gh) // 2))
+    return np.array(img, dtype=np.uint8)
 
 
 def render_text(spec: dict) -> tuple[np.ndarray, dict]:
     """Rendered text strip (height ~ 11*zoom, width grows with the word) -> (uint8 [H, W, 3], truth)."""
     text = spec["text"]
-    x0, y0, x1, y1 = _FONT.getbbox(text)
-    top, right, bottom, left = spec["pad"]
     z = int(spec["zoom"])
     if z < 1:
         raise ValueError(f"zoom must be >= 1, got {z}")
+    if spec.get("slot"):
+        arr = _render_slotted(spec)
+        _check_side("height", arr.shape[0])
+        _check_side("width", arr.shape[1])
+        return arr, {"text": text}
+    x0, y0, x1, y1 = _FONT.getbbox(text)
+    top, right, bottom, left = spec["pad"]
     # short strings (one digit) get extra right margin so the strip is at least one patch wide
     w0 = max((x1 - x0) + left + right, -(-MIN_SIDE // z))
     h0 = max(11 + top + bottom, -(-MIN_SIDE // z))
@@ -232,7 +286,10 @@ def render_text(spec: dict) -> tuple[np.ndarray, dict]:
 
 
 # ---------------------------------------------------------------------------------------------- charts
-def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list[int], side: tuple[int, int]) -> dict:
+def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list[int], side: tuple[int, int],
+                      step: int = 1) -> dict:
+    """A bar chart of ``values`` (0..9) in ``colours`` on a canvas of random size in ``side`` (at least 32 px;
+    sides multiples of ``step`` px)."""
     lo, hi = _check_range("side", side)
     if len(colours) != len(values) or not values:
         raise ValueError(f"colours and values must have the same non-zero length, got {len(colours)}, {len(values)}")
@@ -240,7 +297,10 @@ def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list
         if not 0 <= int(v) <= 9:
             raise ValueError(f"values must be ints in 0..9, got {values}")
     lo = max(lo, 32)  # ten gridlines need room
-    h, w = int(rng.integers(lo, max(lo, hi) + 1)), int(rng.integers(lo, max(lo, hi) + 1))
+    hi = max(lo, hi)
+    if step > 1 and hi // step * step < lo:
+        hi = -(-lo // step) * step
+    h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
     return {
         "kind": "chart",
         "h": h,
@@ -275,15 +335,17 @@ def render_chart(spec: dict) -> tuple[np.ndarray, dict]:
 
 # ---------------------------------------------------------------------------------------------- videos
 def sample_video_spec(
-    rng: np.random.Generator, colour: str, shape: str, direction: str, n_frames: int, side: tuple[int, int]
+    rng: np.random.Generator, colour: str, shape: str, direction: str, n_frames: int, side: tuple[int, int],
+    step: int = 1,
 ) -> dict:
-    """One object moving in ``direction`` for ``n_frames`` frames (1..16); constant speed."""
+    """One object moving in ``direction`` for ``n_frames`` frames (1..16); constant speed; sides multiples of
+    ``step`` px."""
     lo, hi = _check_range("side", side)
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or not 1 <= n_frames <= 16:
         raise ValueError(f"n_frames must be an int in 1..16, got {n_frames!r}")
     if direction not in DIRECTIONS and direction != "still":
         raise ValueError(f"direction must be one of {list(DIRECTIONS) + ['still']}, got {direction!r}")
-    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
     m = min(h, w)
     r = max(3, int(round(rng.uniform(0.12, 0.2) * m)))
     dx, dy = DIRECTIONS.get(direction, (0, 0))

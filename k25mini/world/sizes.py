@@ -2,6 +2,15 @@
 
 Kept small on purpose: chapters train a ~0.5M-parameter model on this world for minutes on a CPU,
 so entity counts, name vocabularies and text lengths must stay learnable at that size.
+
+The ``cpu`` world is shaped for a model that must learn to *see* in minutes (issue #15; docs/world.md):
+
+* 16 entities whose looks are spread evenly: each colour and each shape is worn by exactly two of them,
+  so an icon is recognised by its colour *and* its shape;
+* every image side a multiple of 16 px (``side_step``): one merged vision token of the ``nano`` preset
+  (8 px patches, 2x2 merge) covers exactly 16x16 px, so nothing is resampled on the way in;
+* scenes of 48x48 px (a 3x3 grid of vision tokens: one token per grid cell) with at most 4 objects;
+* OCR strips of 2-3 digits, every glyph zoomed x2 in its own 16-px slot (one token column per character).
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ from dataclasses import dataclass
 from k25mini.scale import pick
 
 __all__ = ["WorldSizes", "sizes"]
+
+OCR_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+OCR_DIGITS = "0123456789"
 
 
 @dataclass(frozen=True)
@@ -25,19 +37,31 @@ class WorldSizes:
     video_side: tuple[int, int]  # min/max side of a video frame, px
     wide_tasks: int  # wide-search tasks
     deep_tasks: int  # deep-search tasks
+    even_looks: bool = False  # spread entity looks evenly over colours and shapes (needs n_entities <= 16)
+    side_step: int = 1  # image sides are drawn as multiples of this (px); 1 = any side
+    ocr_chars: str = ""  # OCR strings: "" = 2-3 syllable words or 1-4 digit numbers; else strings of these chars
+    ocr_len: tuple[int, int] = (2, 3)  # min/max characters of an OCR string (when ``ocr_chars`` is set)
+    ocr_zoom: tuple[int, int] = (1, 3)  # min/max zoom of the OCR bitmap font
+    ocr_slot: int = 0  # > 0: each character drawn in its own slot of this many px (after zoom); 0 = proportional
 
 
 def sizes(scale: str | None = None) -> WorldSizes:
     """The sizes for ``scale`` (default: the current ``K25_SCALE``)."""
     return WorldSizes(
-        n_entities=pick(smoke=12, cpu=24, gpu=48, scale=scale),
+        n_entities=pick(smoke=12, cpu=16, gpu=48, scale=scale),
         corpus_rows=pick(smoke=48, cpu=1500, gpu=20000, scale=scale),
         eval_items=pick(smoke=16, cpu=64, gpu=128, scale=scale),
-        icon_side=pick(smoke=(24, 48), cpu=(24, 64), gpu=(24, 96), scale=scale),
-        scene_side=pick(smoke=(48, 64), cpu=(48, 96), gpu=(48, 128), scale=scale),
-        max_objects=pick(smoke=5, cpu=6, gpu=8, scale=scale),
+        icon_side=pick(smoke=(24, 48), cpu=(32, 48), gpu=(24, 96), scale=scale),
+        scene_side=pick(smoke=(48, 64), cpu=(48, 48), gpu=(48, 128), scale=scale),
+        max_objects=pick(smoke=5, cpu=4, gpu=8, scale=scale),
         max_frames=pick(smoke=6, cpu=8, gpu=16, scale=scale),
-        video_side=pick(smoke=(24, 40), cpu=(32, 48), gpu=(32, 64), scale=scale),
+        video_side=pick(smoke=(24, 40), cpu=(32, 32), gpu=(32, 64), scale=scale),
         wide_tasks=pick(smoke=4, cpu=16, gpu=64, scale=scale),
         deep_tasks=pick(smoke=4, cpu=16, gpu=64, scale=scale),
+        even_looks=pick(smoke=False, cpu=True, gpu=False, scale=scale),
+        side_step=pick(smoke=1, cpu=16, gpu=1, scale=scale),
+        ocr_chars=pick(smoke="", cpu=OCR_DIGITS, gpu="", scale=scale),
+        ocr_len=pick(smoke=(2, 3), cpu=(2, 3), gpu=(2, 3), scale=scale),
+        ocr_zoom=pick(smoke=(1, 3), cpu=(2, 2), gpu=(1, 3), scale=scale),
+        ocr_slot=pick(smoke=0, cpu=16, gpu=0, scale=scale),
     )

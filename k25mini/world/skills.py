@@ -132,7 +132,7 @@ def _vis_knowledge(world: World, rng, split):
     pool = world.entities if split == "eval" else [e for e in world.entities if e.name not in world.heldout_entities]
     e = pick_one(rng, pool)
     attr = pick_one(rng, VISKNOW_ATTRS)
-    spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side)
+    spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side, world.sizes.side_step)
     key = f"icon:{e.name}:{spec}"  # the entity-image pair; split by hash of the render
 
     def build() -> Item:
@@ -153,7 +153,7 @@ def _vis_knowledge(world: World, rng, split):
 def _vis_name(world: World, rng, split):
     """Icon -> the entity's name (recognition; the caption skill that links pixels to pages)."""
     e = pick_one(rng, world.entities)
-    spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side)
+    spec = sample_icon_spec(rng, e.colour, e.shape, world.sizes.icon_side, world.sizes.side_step)
 
     def build() -> Item:
         img, truth = render_icon(spec)
@@ -187,7 +187,7 @@ def _count(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
     what, count = _count_query(rng, looks, n)
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
     q = f"How many {what}?"
 
     def build() -> Item:
@@ -219,7 +219,7 @@ def _compare(world: World, rng, split):
     if qa is None:
         return None
     a, b, ans = qa
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
     q = f"More {a} or {b}?"
 
     def build() -> Item:
@@ -245,7 +245,7 @@ def _locate(world: World, rng, split):
     target = _unique_look(rng, looks)
     if target is None:
         return None
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
     q = f"Which cell holds the {target[0]} {target[1]}?"
 
     def build() -> Item:
@@ -286,7 +286,7 @@ def box_answer(truth: dict, sel, h: int, w: int) -> tuple[str, list[list[int]]]:
 def _box(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
     query = box_query(rng, looks)
     if query is None:
         return None
@@ -322,7 +322,7 @@ def _chart(world: World, rng, split):
     if qa is None:
         return None
     q, ans, dom = qa
-    spec = sample_chart_spec(rng, cols, vals, world.sizes.scene_side)
+    spec = sample_chart_spec(rng, cols, vals, world.sizes.scene_side, world.sizes.side_step)
 
     def build() -> Item:
         img, truth = render_chart(spec)
@@ -334,7 +334,8 @@ def _chart(world: World, rng, split):
 def _motion(world: World, rng, split):
     t = int(rng.integers(2, world.sizes.max_frames + 1))
     d = pick_one(rng, list(DIRECTIONS))
-    spec = sample_video_spec(rng, pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES), d, t, world.sizes.video_side)
+    spec = sample_video_spec(rng, pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES), d, t, world.sizes.video_side,
+                             world.sizes.side_step)
 
     def build() -> Item:
         vid, truth = render_video(spec)
@@ -345,15 +346,27 @@ def _motion(world: World, rng, split):
 
 
 # ============================================================================================ OCR
-def _ocr(world: World, rng, split):
+def ocr_word(rng: np.random.Generator, sizes) -> tuple[str, str]:
+    """An OCR target and its alphabet: ``sizes.ocr_chars`` strings of ``sizes.ocr_len`` characters, or (when
+    ``ocr_chars`` is empty) a :func:`make_word` word or number."""
+    if sizes.ocr_chars:
+        lo, hi = sizes.ocr_len
+        n = int(rng.integers(lo, hi + 1))
+        return "".join(pick_one(rng, sizes.ocr_chars) for _ in range(n)), sizes.ocr_chars
     word = make_word(rng)
-    spec = sample_text_spec(rng, word)
+    return word, "0123456789" if word.isdigit() else "abcdefghijklmnopqrstuvwxyz"
+
+
+def _ocr(world: World, rng, split):
+    word, alphabet = ocr_word(rng, world.sizes)
+    zlo, zhi = world.sizes.ocr_zoom
+    spec = sample_text_spec(rng, word, max_zoom=zhi, min_zoom=zlo, slot=world.sizes.ocr_slot)
 
     def build() -> Item:
         img, truth = render_text(spec)
         meta = {
             "scorer": "edit",
-            "alphabet": "0123456789" if word.isdigit() else "abcdefghijklmnopqrstuvwxyz",
+            "alphabet": alphabet,
             "truth": truth,
         }
         return Item("OCR", f"{IMAGE}Q: What does it say? A:", [img], word, meta)

@@ -39,7 +39,8 @@ class World:
         self.scale = current_scale() if scale is None else validate_scale(scale, "scale")
         self.sizes: WorldSizes = sizes(self.scale)
         n = self.sizes.n_entities if n_entities is None else n_entities
-        self.entities: list[Entity] = make_entities(rng_for(self.seed, "entities"), n)
+        even = self.sizes.even_looks and n <= 16
+        self.entities: list[Entity] = make_entities(rng_for(self.seed, "entities"), n, even)
         self._by_name = {e.name: e for e in self.entities}
         n = len(self.entities)
         perm = rng_for(self.seed, "heldout-entities").permutation(n)
