@@ -139,10 +139,15 @@ def test_data_version_keys_and_guard(tmp_path):
     from k25mini.experiments.ch05_fusion import stage_vit
 
     new, old = config_for("smoke"), config_for("smoke", data_version=1)
-    assert new.data_version == DATA_VERSION >= 2
-    # the world's documents changed: stage B and every joint run are recomputed, stage A (text only) is reused
-    assert new.stage_key("A") == old.stage_key("A")
+    assert new.data_version == DATA_VERSION >= 3
+    # from version 3 on the world's text changed too (fewer entities at cpu scale): every stage is recomputed
+    assert new.stage_key("A") != old.stage_key("A")
     assert new.stage_key("B") != old.stage_key("B") and new.key() != old.key()
+    # the ViT stage's dense Q&A rows are a B1 (and so B) setting, not an A one
+    qa_off = config_for("smoke", vit_qa=False)
+    assert qa_off.stage_key("A") == new.stage_key("A") and qa_off.stage_key("B1") != new.stage_key("B1")
+    with pytest.raises(ValueError, match="vit_qa"):
+        config_for("smoke", vit_qa=1)
     for fn in (lambda: stage_vit(old, tmp_path), lambda: run_joint(old, "early", 0, tmp_path, tmp_path)):
         with pytest.raises(ValueError, match="data_version"):
             fn()
@@ -171,6 +176,12 @@ def test_smoke_run_end_to_end_and_reuse(tmp_path):
     assert agg["complete"] and agg["table"]["late"]["seeds"] == [0]
     saved = json.loads((tmp_path / "res" / "fusion_ablation_smoke.json").read_text())
     assert saved["config_key"] == cfg.key() and set(saved["chance"]) == set(r["final"])
+    # the blind baseline of every suite, computed from the same eval items (best constant per kind of question)
+    from k25mini.pretrain.diagnose import blind_baseline as blind_of
+    assert set(saved["blind"]) == set(r["final"])
+    for s in saved["blind"]:
+        items = make_eval_suite(World(cfg.world_seed, scale="smoke"), s, cfg.eval_items)
+        assert saved["blind"][s] == pytest.approx(blind_of(items)) and saved["blind"][s] >= saved["chance"][s] - 1e-9
     # per-skill scores: one entry per skill of the evaluated items, averaging to the suite score
     world = World(cfg.world_seed, scale="smoke")
     for s, items in ((s, make_eval_suite(world, s, cfg.eval_items)) for s in r["final"]):

@@ -17,22 +17,29 @@ from typing import Any
 from k25mini.pretrain.fusion_schedule import SCHEDULES
 from k25mini.scale import current_scale, pick, validate_scale
 
-__all__ = ["FusionConfig", "config_for", "TEXT_SUITES", "VIT_CORPORA", "VIT_SKILLS", "VISION_DOCS_VERSION",
-           "VIT_ALIGN"]
+__all__ = ["FusionConfig", "config_for", "TEXT_SUITES", "VIT_CORPORA", "VIT_SKILLS", "VIT_QA_CORPORA", "VIT_QA_SKILLS",
+           "VISION_DOCS_VERSION", "VIT_ALIGN"]
 
 TEXT_SUITES: tuple[str, ...] = ("TextKnow", "TextReason", "Code")
 # the ViT stage's "caption loss": caption-style rows only (what is in the picture), never Q&A
 VIT_CORPORA: tuple[str, ...] = ("captions", "ocr", "charts", "video")
 VIT_SKILLS = frozenset({"caption_entity", "caption_scene", "caption_ground", "chart_caption", "video_caption", "ocr"})
+# ``vit_qa=True`` (issue #15): the ViT stage also reads dense question-answer rows about its images (visual
+# reasoning, chart and motion questions, and the name/fact questions about the non-held-out entities' icons)
+VIT_QA_CORPORA: tuple[str, ...] = VIT_CORPORA + ("vis_reasoning", "vis_knowledge")
+VIT_QA_SKILLS = VIT_SKILLS | {"count", "compare", "locate", "box", "chart", "motion", "vis_knowledge", "vis_name"}
 #: version of the world's vision documents (bump when a corpus changes: it invalidates stage B and every joint run)
-#: 1: captions without positions; 2: + grounding captions (objects with cell and box) in stage B and the joint mix
-VISION_DOCS_VERSION = 2
+#: 1: captions without positions; 2: + grounding captions (objects with cell and box) in stage B and the joint mix;
+#: 3: the cpu world made to be seen (issue #15: 8 entities with distinct colours and shapes, images on the 16-px
+#: token grid, 48-px scenes, slotted digit OCR). It changes the text corpora too (fewer entities), so from version 3
+#: on stage A's key includes it.
+VISION_DOCS_VERSION = 3
 VIT_ALIGN: tuple[str, ...] = ("decoder", "frozen")
 
 _STAGE_FIELDS = {
     "A": ("scale", "preset", "rows", "seq_len", "text_steps", "optimizer", "text_lr", "warmup", "world_seed",
-          "stage_seed"),
-    "B1": ("vit_steps", "vit_lr", "data_version", "vit_align"),
+          "stage_seed", "data_version"),
+    "B1": ("vit_steps", "vit_lr", "vit_align", "vit_qa"),
     "B": ("proj_steps", "proj_lr"),
 }
 
@@ -65,6 +72,7 @@ class FusionConfig:
     vit_align: str = "decoder"  # "decoder": B1 (ViT + projector via a trainable LM copy) + B2; "frozen": one step
     proj_steps: int = 300  # B2: projector-only steps into the frozen language model (vit_align="decoder")
     proj_lr: float | None = None  # B2's peak learning rate (None: vit_lr)
+    vit_qa: bool = True  # the ViT stage (B1 and B2) also trains on dense Q&A rows about images (issue #15)
 
     def __post_init__(self) -> None:
         if self.vit_align not in VIT_ALIGN:
@@ -74,6 +82,8 @@ class FusionConfig:
             low = 1 if name != "proj_steps" or self.vit_align == "decoder" else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if not isinstance(self.vit_qa, bool):
+            raise ValueError(f"vit_qa must be a bool, got {self.vit_qa!r}")
         if self.proj_lr is not None and (isinstance(self.proj_lr, bool) or not isinstance(self.proj_lr, (int, float))
                                          or not self.proj_lr > 0):
             raise ValueError(f"proj_lr must be None (use vit_lr) or a float > 0, got {self.proj_lr!r}")
@@ -118,7 +128,7 @@ def config_for(scale: str | None = None, **overrides: Any) -> FusionConfig:
         text_steps=pick(smoke=4, cpu=3000, gpu=6000, scale=sc),
         vit_steps=pick(smoke=3, cpu=1500, gpu=1500, scale=sc),
         proj_steps=pick(smoke=2, cpu=300, gpu=300, scale=sc),
-        joint_steps=pick(smoke=10, cpu=1000, gpu=4000, scale=sc),
+        joint_steps=pick(smoke=10, cpu=1500, gpu=4000, scale=sc),
         warmup=pick(smoke=1, cpu=20, gpu=100, scale=sc),
         track_every=pick(smoke=5, cpu=50, gpu=200, scale=sc),
         eval_items=pick(smoke=4, cpu=128, gpu=256, scale=sc),

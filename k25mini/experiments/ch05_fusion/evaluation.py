@@ -16,13 +16,14 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.experiments.ch05_fusion.config import FusionConfig
 from k25mini.experiments.results import read_json, staleness, write_result
 from k25mini.experiments.results import results_dir as resolve_results_dir
+from k25mini.pretrain.diagnose import blind_baseline
 from k25mini.pretrain.evaluate import evaluate_items
 from k25mini.pretrain.fusion_schedule import SCHEDULES
 from k25mini.scale import current_scale, validate_scale
 from k25mini.world import SUITES, World, chance_baseline, chance_by_skill, make_eval_suite
 
-__all__ = ["PACKAGE", "EXPERIMENT", "eval_sets", "score_suites", "run_file", "results_path", "aggregate",
-           "load_results", "mean_std"]
+__all__ = ["PACKAGE", "EXPERIMENT", "eval_sets", "score_suites", "blind_baselines", "run_file", "results_path",
+           "aggregate", "load_results", "mean_std"]
 
 #: the module whose code (and everything it imports) stamps chapter 05's results: the stages and their
 #: evaluation, not the report or the checks
@@ -49,6 +50,12 @@ def score_suites(model, tok: Tokenizer, evals: dict[str, list], max_new_tokens: 
         final[s] = mean
         by_skill[s] = {k: sum(v) / len(v) for k, v in groups.items()}
     return final, by_skill
+
+
+def blind_baselines(cfg: FusionConfig) -> dict[str, float]:
+    """Each suite's blind baseline on the config's eval items: the best constant answer per kind of question
+    (what a model that reads the question but not the image reaches from the answer prior alone)."""
+    return {s: blind_baseline(items) for s, items in eval_sets(cfg).items()}
 
 
 def run_file(cfg: FusionConfig, schedule: str, seed: int, results_dir: Path | None = None) -> Path:
@@ -100,6 +107,7 @@ def aggregate(cfg: FusionConfig, results_dir: Path | None = None) -> dict[str, A
         "complete": len(runs) == len(cfg.schedules) * len(cfg.seeds), "n_runs": len(runs),
         "chance": {s: chance_baseline(s, cfg.world_seed, cfg.scale, cfg.eval_items) for s in SUITES},
         "chance_by_skill": {s: chance_by_skill(s, cfg.world_seed, cfg.scale, cfg.eval_items) for s in SUITES},
+        "blind": blind_baselines(cfg),
         "table": table,
         "runs": [{k: r[k] for k in ("schedule", "seed", "final", "tokens", "text_curve", "loss_curve", "timing_s",
                                     "torch_threads")} for r in runs],

@@ -39,6 +39,8 @@ from k25mini.experiments.ch05_fusion.config import (
     TEXT_SUITES,
     VISION_DOCS_VERSION,
     VIT_CORPORA,
+    VIT_QA_CORPORA,
+    VIT_QA_SKILLS,
     VIT_SKILLS,
     FusionConfig,
     config_for,
@@ -187,8 +189,8 @@ def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), pr
 
 
 def vit_docs(cfg: FusionConfig, world: World, tok: Tokenizer, counts_fn, steps: int, tag: str):
-    docs = doc_stream(world, VIT_CORPORA, tok, counts_fn, cfg.stage_seed, max_len=cfg.seq_len, skills=VIT_SKILLS,
-                      tag=tag)
+    corpora, skills = (VIT_QA_CORPORA, VIT_QA_SKILLS) if cfg.vit_qa else (VIT_CORPORA, VIT_SKILLS)
+    docs = doc_stream(world, corpora, tok, counts_fn, cfg.stage_seed, max_len=cfg.seq_len, skills=skills, tag=tag)
     return pack_vision_only(docs, steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
 
 
