@@ -14,7 +14,7 @@ TORCH_PIP_FLAGS ?=
 K25_SCALE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: setup test lint pytest nbval speedrun reproduce report lab notebooks clean
+.PHONY: setup test lint pytest nbval speedrun reproduce report lab notebooks clean test-gpu
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -55,6 +55,11 @@ lab: $(STAMP)
 
 notebooks: $(STAMP)
 	K25_SCALE=cpu $(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+
+# one CUDA GPU, <= 10 min: Triton MoE fwd/bwd, flash/varlen attention, bf16 autocast, NCCL, benchmarks;
+# skips (exit 0) without CUDA; writes results/gpu_check.json (docs/interop.md, README "What has run on a GPU")
+test-gpu: $(STAMP)
+	$(BIN)/python tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) data/cache .pytest_cache .ruff_cache

@@ -30,6 +30,8 @@ __all__ = [
     "preset",
     "from_hf_config",
     "to_hf_config",
+    "hf_rope_interleave",
+    "HF_LATENT_NORM_EPS",
     "count_params",
     "kv_cache_bytes_per_token",
 ]
@@ -72,7 +74,9 @@ class VisionConfig:
     rope_theta: float = 10000.0
     rope_max_height: int = 512
     rope_max_width: int = 512
-    layer_norm_eps: float = 1e-6
+    # the published tower builds its block and final norms as nn.LayerNorm(hidden) (PyTorch's default eps 1e-5);
+    # its config.json has no layer_norm_eps key (docs/interop.md)
+    layer_norm_eps: float = 1e-5
     projector_ln_eps: float = 1e-5
     pos_emb_type: str = "divided_fixed"
     merge_type: str = "sd2_tpool"
@@ -422,7 +426,14 @@ _TEXT_IGNORED = {
     "pretraining_tp", "ep_size", "seq_aux", "moe_layer_freq", "num_key_value_heads", "hidden_act",
     "attention_bias", "num_nextn_predict_layers", "quantization_config", "_name_or_path", "rope_interleave",
     "return_dict", "output_hidden_states", "output_attentions", "tokenizer_class", "id2label", "label2id",
+    # written by transformers v5's DeepseekV3Config.to_dict(); rope_parameters is read by _rope_from_hf,
+    # head_dim / qk_head_dim are derived values checked in _text_from_hf
+    "chunk_size_feed_forward", "is_encoder_decoder", "problem_type", "output_router_logits", "rope_parameters",
+    "head_dim", "qk_head_dim",
 }
+# transformers fixes eps = 1e-6 for q_a_layernorm / kv_a_layernorm (DeepseekV3RMSNorm's default); k25mini uses
+# rms_norm_eps for every RMSNorm (docs/interop.md)
+HF_LATENT_NORM_EPS = 1e-6
 _VISION_IGNORED = {
     "model_type", "torch_dtype", "dtype", "transformers_version", "_attn_implementation", "text_hidden_size",
     "mm_hidden_size", "_name_or_path",
@@ -460,9 +471,115 @@ def _text_from_hf(d: dict, where: str) -> TextConfig:
             f"config.json: {where}num_nextn_predict_layers={d['num_nextn_predict_layers']} (MTP) is not built",
             stacklevel=3,
         )
-    if "rope_scaling" in kw and kw["rope_scaling"] is not None:
-        kw["rope_scaling"] = dict(kw["rope_scaling"])
+    nope = d.get("qk_nope_head_dim", TextConfig.qk_nope_head_dim)
+    rope = d.get("qk_rope_head_dim", TextConfig.qk_rope_head_dim)
+    if d.get("head_dim") is not None:  # transformers sets head_dim = qk_rope_head_dim (the RoPE width)
+        _check_equal(f"{where}head_dim", d["head_dim"], rope)
+    if d.get("qk_head_dim") is not None:
+        _check_equal(f"{where}qk_head_dim", d["qk_head_dim"], nope + rope)
+    kw["rope_theta"], kw["rope_scaling"] = _rope_from_hf(d, where)
+    if not isinstance(d.get("rope_interleave", True), bool):
+        raise ValueError(f"config.json: {where}rope_interleave must be true or false, got {d['rope_interleave']!r}")
+    eps = d.get("rms_norm_eps", TextConfig.rms_norm_eps)
+    if eps != HF_LATENT_NORM_EPS:
+        warnings.warn(
+            f"config.json: {where}rms_norm_eps={eps!r}: transformers' DeepseekV3 uses 1e-6 for q_a_layernorm and "
+            "kv_a_layernorm whatever rms_norm_eps says, k25mini uses rms_norm_eps for them; call "
+            "k25mini.interop.set_latent_norm_eps(model) for transformers' arithmetic (docs/interop.md)",
+            stacklevel=3,
+        )
     return TextConfig(**kw)
+
+
+def _yarn_m(scale: float, k: float) -> float:
+    return 1.0 if scale <= 1 else 0.1 * k * math.log(scale) + 1.0
+
+
+def _rope_from_hf(d: dict, where: str) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) from the legacy ``rope_theta`` / ``rope_scaling`` keys or transformers v5's
+    ``rope_parameters``, read with transformers' semantics and written out in full, so that the package's own
+    defaults for missing YaRN keys never apply to a converted config (docs/interop.md, "Edge cases")."""
+    theta = d.get("rope_theta")
+    rs = d.get("rope_scaling")
+    rp = d.get("rope_parameters")
+    if rp is not None:
+        if not isinstance(rp, dict):
+            raise ValueError(f"config.json: {where}rope_parameters must be a dict, got {type(rp).__name__}")
+        if any(isinstance(v, dict) for v in rp.values()):
+            raise ValueError(f"config.json: {where}rope_parameters per layer type is not supported, got {rp!r}")
+        p_theta = rp.get("rope_theta")
+        if theta is not None and p_theta is not None and theta != p_theta:
+            raise ValueError(f"config.json: {where}rope_theta={theta!r} conflicts with "
+                             f"rope_parameters['rope_theta']={p_theta!r}")
+        theta = p_theta if p_theta is not None else theta
+        p_type = rp.get("rope_type", rp.get("type", "default"))
+        p_scaling = None if p_type == "default" else {k: v for k, v in rp.items() if k != "rope_theta"}
+        if rs is not None and p_scaling is not None and _yarn_norm(rs, d, where, quiet=True) != _yarn_norm(
+                p_scaling, d, where, quiet=True):
+            raise ValueError(f"config.json: {where}rope_scaling={rs!r} conflicts with rope_parameters={rp!r}")
+        if rs is not None and p_scaling is None:
+            raise ValueError(f"config.json: {where}rope_scaling={rs!r} conflicts with rope_parameters={rp!r} "
+                             "(rope_type 'default')")
+        rs = p_scaling if p_scaling is not None else rs
+    theta = TextConfig.rope_theta if theta is None else theta
+    return theta, (None if rs is None else _yarn_norm(rs, d, where))
+
+
+def _yarn_norm(rs: Any, d: dict, where: str, quiet: bool = False) -> dict:
+    """A YaRN dict as transformers reads it, rewritten with every key explicit in k25mini's semantics."""
+    if not isinstance(rs, dict) or rs.get("rope_type", rs.get("type")) != "yarn":
+        raise ValueError(f"config.json: {where}rope_scaling / rope_parameters must be a YaRN dict "
+                         f"(type or rope_type 'yarn') or rope_type 'default', got {rs!r}")
+    if rs.get("truncate", True) is not True:
+        raise ValueError(f"config.json: {where}YaRN truncate={rs['truncate']!r} is not supported (only True)")
+    max_pos = d.get("max_position_embeddings", TextConfig.max_position_embeddings)
+    notes = []
+    orig = rs.get("original_max_position_embeddings")
+    if orig is None:  # transformers' standardize_rope_params fills max_position_embeddings
+        orig = max_pos
+        notes.append(f"original_max_position_embeddings absent: {orig} (max_position_embeddings, as transformers)")
+    factor = rs.get("factor")
+    if factor is None:  # transformers: the ratio of the two context lengths
+        factor = max_pos / orig
+        notes.append(f"factor absent: {factor} (max_position_embeddings / original_max_position_embeddings)")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+        raise ValueError(f"config.json: {where}YaRN factor must be a number >= 1, got {factor!r}")
+    mad = rs.get("mscale_all_dim") or 0.0  # transformers: only a truthy value scales the softmax
+    ms = rs.get("mscale")
+    af = rs.get("attention_factor")
+    if af is None and ms and mad:
+        mscale = float(ms)  # the published case: exactly as written
+    else:
+        # transformers' cos/sin multiplier: attention_factor if given, else m(s, mscale)/m(s, mscale_all_dim) only
+        # when both are truthy, else m(s, 1). k25mini's multiplier is m(s, mscale)/m(s, mscale_all_dim):
+        # solve for the mscale that gives the same number.
+        target = float(af) if af is not None else _yarn_m(factor, 1.0)
+        if factor <= 1:
+            if abs(target - 1.0) > 1e-12:
+                raise ValueError(f"config.json: {where}YaRN attention_factor={af!r} with factor 1 cannot be "
+                                 "expressed (k25mini scales cos/sin by 1 there)")
+            mscale = 1.0
+        else:
+            mscale = (target * _yarn_m(factor, mad) - 1.0) / (0.1 * math.log(factor))
+        notes.append(f"mscale={ms!r}, mscale_all_dim={rs.get('mscale_all_dim')!r}, attention_factor={af!r}: "
+                     f"cos/sin scaled by {target!r} as transformers does (k25mini mscale={mscale!r})")
+    out = {
+        "type": "yarn",
+        "factor": float(factor),
+        "original_max_position_embeddings": int(orig),
+        "beta_fast": float(rs.get("beta_fast") or 32.0),  # transformers: `or 32` / `or 1`
+        "beta_slow": float(rs.get("beta_slow") or 1.0),
+        "mscale": mscale,
+        "mscale_all_dim": float(mad),
+    }
+    known = {"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "attention_factor", "truncate", "rope_theta"}
+    unknown = sorted(set(rs) - known)
+    if unknown:
+        raise ValueError(f"config.json: {where}YaRN keys {unknown} are not supported; expected some of {sorted(known)}")
+    if notes and not quiet:
+        warnings.warn(f"config.json: {where}YaRN edge case: " + "; ".join(notes), stacklevel=4)
+    return out
 
 
 def _vision_from_hf(d: dict, text_hidden: int) -> VisionConfig:
@@ -486,22 +603,12 @@ def from_hf_config(path_or_dict: str | os.PathLike | dict) -> ModelConfig:
     """Read a Kimi-K2 (DeepSeek-V3 keys) or Kimi-K2.5 (``text_config`` + ``vision_config``) config.
 
     Unknown keys are warned about and ignored; keys that change the architecture in ways this
-    project does not implement (e.g. GQA, a non-SiLU MLP) raise ValueError.
+    project does not implement (e.g. GQA, a non-SiLU MLP) raise ValueError. RoPE comes from ``rope_theta`` /
+    ``rope_scaling`` or transformers v5's ``rope_parameters`` (both given: they must agree), read as transformers
+    reads them and stored with every YaRN key explicit (docs/interop.md). ``rope_interleave`` describes the weight
+    file, not the model: read it with :func:`hf_rope_interleave`.
     """
-    if isinstance(path_or_dict, dict):
-        d = path_or_dict
-    elif isinstance(path_or_dict, (str, os.PathLike)):
-        p = os.fspath(path_or_dict)
-        if os.path.isdir(p):
-            p = os.path.join(p, "config.json")
-        if not os.path.isfile(p):
-            raise ValueError(f"path_or_dict: no config.json at {p!r}")
-        with open(p, encoding="utf-8") as f:
-            d = json.load(f)
-    else:
-        raise ValueError(f"path_or_dict must be a path or a dict, got {type(path_or_dict).__name__}")
-    if not isinstance(d, dict):
-        raise ValueError("path_or_dict: config.json must hold a JSON object")
+    d = _load_json_dict(path_or_dict)
 
     if "text_config" in d:  # K2.5 layout
         stray = sorted(k for k in d if k in _TEXT_KEYS and k not in ("tie_word_embeddings",))
@@ -531,8 +638,65 @@ def from_hf_config(path_or_dict: str | os.PathLike | dict) -> ModelConfig:
     return cfg
 
 
-def to_hf_config(cfg: ModelConfig) -> dict:
-    """Write a ModelConfig in the published layout (K2: flat; K2.5: text_config + vision_config)."""
+def _load_json_dict(path_or_dict: str | os.PathLike | dict) -> dict:
+    if isinstance(path_or_dict, dict):
+        return path_or_dict
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise ValueError(f"path_or_dict must be a path or a dict, got {type(path_or_dict).__name__}")
+    p = os.fspath(path_or_dict)
+    if os.path.isdir(p):
+        p = os.path.join(p, "config.json")
+    if not os.path.isfile(p):
+        raise ValueError(f"path_or_dict: no config.json at {p!r}")
+    with open(p, encoding="utf-8") as f:
+        d = json.load(f)
+    if not isinstance(d, dict):
+        raise ValueError("path_or_dict: config.json must hold a JSON object")
+    return d
+
+
+def hf_rope_interleave(path_or_dict: str | os.PathLike | dict) -> bool:
+    """Whether the weights that go with this config.json store the q/k RoPE rows interleaved.
+
+    ``rope_interleave`` (in ``text_config`` for K2.5); absent means True, as transformers assumes and as the
+    published DeepSeek-V3 / Kimi checkpoints are laid out. k25mini always rotates halves, so this is a property of
+    the weight file, not of :class:`TextConfig`: pass it to :mod:`k25mini.interop` when converting weights.
+    """
+    d = _load_json_dict(path_or_dict)
+    t = d.get("text_config") if isinstance(d.get("text_config"), dict) else d
+    v = t.get("rope_interleave", True)
+    if not isinstance(v, bool):
+        raise ValueError(f"config.json: rope_interleave must be true or false, got {v!r}")
+    return v
+
+
+def _yarn_to_hf(t: TextConfig) -> dict | None:
+    """The package's YaRN dict with every key explicit, in terms transformers reads identically."""
+    if t.rope_scaling is None:
+        return None
+    rs = t.rope_scaling
+    factor = float(rs.get("factor", 1.0))
+    orig = rs.get("original_max_position_embeddings")
+    if orig is None:  # k25mini's default (model/rope.py) written out: transformers' default differs
+        orig = max(1, int(t.max_position_embeddings / factor))
+    ms, mad = float(rs.get("mscale", 1.0)), float(rs.get("mscale_all_dim", 0.0))
+    out = {"type": "yarn", "factor": factor, "original_max_position_embeddings": int(orig),
+           "beta_fast": float(rs.get("beta_fast", 32.0)), "beta_slow": float(rs.get("beta_slow", 1.0)),
+           "mscale": ms, "mscale_all_dim": mad}
+    if not (ms and mad):  # transformers would ignore mscale here: state the multiplier itself
+        out["attention_factor"] = _yarn_m(factor, ms) / _yarn_m(factor, mad)
+    return out
+
+
+def to_hf_config(cfg: ModelConfig, *, rope_interleave: bool = True) -> dict:
+    """Write a ModelConfig in the published layout (K2: flat; K2.5: text_config + vision_config).
+
+    ``rope_interleave`` is written into the text config: it must say how the weights saved next to this file lay
+    out their RoPE rows (:func:`k25mini.interop.to_published` takes the same flag). YaRN is written with every key
+    explicit, so transformers computes the same frequencies and scales as k25mini (docs/interop.md).
+    """
+    if not isinstance(rope_interleave, bool):
+        raise ValueError(f"rope_interleave must be True or False, got {rope_interleave!r}")
     text = dataclasses.asdict(cfg.text)
     text.update(
         model_type="deepseek_v3",
@@ -541,6 +705,8 @@ def to_hf_config(cfg: ModelConfig) -> dict:
         hidden_act="silu",
         moe_layer_freq=1,
         num_nextn_predict_layers=0,
+        rope_interleave=rope_interleave,
+        rope_scaling=_yarn_to_hf(cfg.text),
     )
     if cfg.vision is None:
         return text
