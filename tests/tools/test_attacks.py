@@ -6,6 +6,7 @@ episode isolation start their own."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import time
@@ -96,11 +97,28 @@ def test_no_network_even_to_localhost(tool):
         srv.close()
 
 
+def _visible_root_dir(token: str) -> Path:
+    """A root-owned, world-readable (0755) directory outside every scratch mount, so the kernel sees it whatever
+    the checkout's location (CI clones under /tmp, which the kernel sees as a fresh tmpfs)."""
+    d = Path("/var/cache") / f"k25mini-attack-{token}"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    return d
+
+
 def test_writing_outside_the_work_dir(tool):
     token = uuid.uuid4().hex
+    # the repository: Permission denied, or not even visible when the checkout sits under /tmp
     obs = tool.run(f"open({str(REPO / ('escape-' + token))!r}, 'w')")
-    assert obs.status == "error" and "Permission denied" in obs.text
+    assert obs.status == "error" and ("Permission denied" in obs.text or "No such file" in obs.text)
     assert not (REPO / f"escape-{token}").exists()
+    d = _visible_root_dir(token)
+    try:
+        obs = tool.run(f"open({str(d / 'escape')!r}, 'w')")
+        assert obs.status == "error" and "Permission denied" in obs.text
+        assert not (d / "escape").exists()
+    finally:
+        shutil.rmtree(d)
     for d in ("/tmp", "/var/tmp", "/dev/shm"):  # writable, but private throwaway tmpfs mounts
         if os.path.isdir(d):
             assert tool.run(f"open('{d}/escape-{token}', 'w').write('x')").text == "1", d
@@ -117,8 +135,7 @@ def test_reading_secrets_and_the_parents_environment(tool):
     os.environ["K25_PLANTED_SECRET"] = token
     # a root-owned 0600 file in a world-readable dir outside the scratch tmpfs mounts (pytest's own tmp dirs are
     # under /tmp, which the kernel does not even see)
-    secret = REPO / ".pytest_cache" / f"planted-{token}"
-    secret.parent.mkdir(exist_ok=True)
+    secret = _visible_root_dir(token) / "planted"
     try:
         secret.write_text(token)
         os.chmod(secret, stat.S_IRUSR | stat.S_IWUSR)  # root-owned, 0600, in a world-readable directory
@@ -137,7 +154,7 @@ def test_reading_secrets_and_the_parents_environment(tool):
         assert token not in tool.run("import os\nsorted(os.environ.items())").text
     finally:
         del os.environ["K25_PLANTED_SECRET"]
-        secret.unlink()
+        shutil.rmtree(secret.parent)
 
 
 def test_os_system_and_subprocess_stay_inside(tool):
