@@ -54,7 +54,7 @@ def test_busy_thread_restarts_the_kernel(tool):
     assert obs.status == "timeout" and obs.restarted, obs.text
     assert "threads started by the code kept running" in obs.text
     assert tool.kernel_pid != old_pid and not _alive(old_pid)
-    assert tool.run("1 + 1").text == "2"
+    assert tool.run("1 + 1", timeout=30).text == "2"
 
 
 def test_memory_bomb_hits_the_address_space_limit(tool):
@@ -69,8 +69,10 @@ def test_fork_bomb_hits_nproc_and_is_swept(tool):
     obs = tool.run("import os\nwhile True:\n    os.fork()", timeout=10)
     assert obs.status == "limit" and "Resource temporarily unavailable" in obs.text
     assert "background process(es)" in obs.text
-    assert tool.run("1 + 1").text == "2"
-    obs = tool.run("import subprocess\nsubprocess.run(['true']).returncode")  # zombies reaped: NPROC free again
+    # the next call works; a generous limit, since sweeping a few dozen processes on a loaded 2-core CI box can
+    # outlast the fixture's 2 s (what is tested is that the kernel is usable, not how fast)
+    assert tool.run("1 + 1", timeout=30).text == "2"
+    obs = tool.run("import subprocess\nsubprocess.run(['true']).returncode", timeout=30)  # NPROC free again
     assert obs.text == "0"
     if tool.mode == "root":
         assert tool.run("import os\nos.getuid()").text == tool.label.split("uid ")[1].split(",")[0]
@@ -127,7 +129,7 @@ def test_writing_outside_the_work_dir(tool):
     assert obs.status == "limit" and "File too large" in obs.text
     obs = tool.run("files = [open('/dev/null') for _ in range(1000)]")
     assert obs.status == "limit" and "Too many open files" in obs.text
-    assert tool.run("1 + 1").text == "2"
+    assert tool.run("1 + 1", timeout=30).text == "2"
 
 
 def test_reading_secrets_and_the_parents_environment(tool):

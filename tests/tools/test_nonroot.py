@@ -26,7 +26,7 @@ with CodeTool(timeout=2) as t:
     out["uid_in"] = t.run("import os\nos.getuid()").text
     out["env"] = t.run("'K25_PLANTED' in os.environ").text
     out["fork"] = t.run("import os\nwhile True:\n    os.fork()", timeout=10).status
-    out["after"] = t.run("1 + 1").text
+    out["after"] = t.run("1 + 1", timeout=30).text
     out["tmp"] = t.run("open('/tmp/k25-nonroot-' + str(os.getpid()), 'w').write('1')").text
     out["loop"] = t.run("while True:\n    pass").status
 print(json.dumps(out))
