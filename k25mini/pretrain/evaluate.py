@@ -144,20 +144,24 @@ def _greedy_batch(model, tok: Tokenizer, prompts: list[list[int]], items: Sequen
 def _generate(model, tok: Tokenizer, prompts: list[list[int]], media: list, max_new_tokens: int,
               stops: dict[int, bool]) -> list[list[int]]:
     """Greedy continuation of a batch of token-id prompts: a row ends at a token of ``stops`` (kept in its output
-    when ``stops[token]`` is True) or after ``max_new_tokens``."""
+    when ``stops[token]`` is True), after ``max_new_tokens``, or when it fills the model's positions (its last
+    token sits at position ``max_position_embeddings``, which is never fed back)."""
     logits, state = _prefill(model, tok, prompts, media)
+    max_pos = model.language_model.config.max_position_embeddings
     outs: list[list[int]] = [[] for _ in prompts]
     rows = list(range(len(prompts)))  # batch row -> prompt index, for the rows still decoding
     for step in range(max_new_tokens):
         nxt = logits.argmax(-1)
         keep = []
+        room = (state["lens"] + step < max_pos).tolist()  # can this row's new token still be fed back?
         for r, t in enumerate(nxt.tolist()):
             if t in stops:
                 if stops[t]:
                     outs[rows[r]].append(t)
                 continue
             outs[rows[r]].append(t)
-            keep.append(r)
+            if room[r]:
+                keep.append(r)
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(rows):
@@ -174,8 +178,10 @@ def greedy_generate(model, prompts: Sequence[list[int]], media: Sequence[Sequenc
                     batch_size: int = 32) -> list[list[int]]:
     """Greedy continuations of token-id ``prompts`` (each already expanded: one ``<|media_pad|>`` per vision
     token), ``media[i]`` the images/videos of prompt ``i`` in order. A row stops at a token of ``stops``
-    (``{token_id: keep_it_in_the_output}``; default ``<|eos|>`` and newline, not kept) or after
-    ``max_new_tokens``. Batched and left-padded as :func:`greedy_answers` (same answers as one at a time)."""
+    (``{token_id: keep_it_in_the_output}``; default ``<|eos|>`` and newline, not kept), after
+    ``max_new_tokens``, or when prompt + output fill ``max_position_embeddings`` + 1 tokens (the context is
+    full; a prompt longer than the model's positions raises ValueError). Batched and left-padded as
+    :func:`greedy_answers` (same answers as one at a time)."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty sequence of token-id lists")
     if any(not p for p in prompts):

@@ -6,8 +6,9 @@ scenes and charts stay held out):
 * ``zero_vision``: text only. Text twins of the tool skills (count, compare, locate, chart, motion: a program on
   the kernel's array; half concise and half verbose; half with the picture described in text before the
   question, half with the question alone), the same skills' questions that no program answers as direct
-  answers from the description (shape counts), and text replay
-  (TextKnow, TextReason, Code items answered directly) so the text suites are not forgotten.
+  answers from the description (shape counts), and text replay: rows of chapter 05's text pre-training
+  corpora (a third each of ``text_knowledge``, ``text_reasoning`` and ``code``; encyclopedia pages are whole
+  documents with every token trained, questions are answered directly) so what pre-training taught is kept.
 * ``text_visual``: the same set with a share of its tool rows replaced by *visual* trajectories - the same
   calls on real images seen as media tokens - covering a narrow subset of the skills (``visual_skills``,
   default count and compare). Same number of rows, so both arms train on matched budgets.
@@ -30,24 +31,26 @@ from k25mini.sft.trajectories import (
     CONTEXTS,
     Trajectory,
     direct,
+    document,
     encode_trajectory,
     local_runner,
     run_programs,
     text_twin,
     visual_trajectory,
 )
-from k25mini.world import World
+from k25mini.world import TEXT_CORPORA, World, corpus_item
 from k25mini.world.rng import rng_for
-from k25mini.world.skills import SUITE_SKILLS
 
-__all__ = ["ARMS", "SFT_DATA_VERSION", "TOOL_SKILLS", "REPLAY_SKILLS", "build_sft_set", "sft_batch", "sft_loss",
+__all__ = ["ARMS", "SFT_DATA_VERSION", "TOOL_SKILLS", "REPLAY_CORPORA", "build_sft_set", "sft_batch", "sft_loss",
            "set_summary"]
 
 ARMS = ("zero_vision", "text_visual")
 #: bump when what build_sft_set draws changes (chapter 06's run keys include it, so old checkpoints are not reused)
-SFT_DATA_VERSION = 3
+SFT_DATA_VERSION = 4  # 4: replay = pre-training text corpora (pages as documents); "video" stubs
 TOOL_SKILLS: tuple[str, ...] = ("count", "compare", "locate", "chart", "motion")
-REPLAY_SKILLS: tuple[str, ...] = SUITE_SKILLS["TextKnow"] + SUITE_SKILLS["TextReason"] + SUITE_SKILLS["Code"]
+#: replay: rows of chapter 05's text pre-training corpora (encyclopedia pages and fact questions, text reasoning,
+#: code), so what pre-training taught from text is not forgotten
+REPLAY_CORPORA: tuple[str, ...] = TEXT_CORPORA
 
 
 def _check_int(name: str, v: Any, lo: int) -> int:
@@ -87,9 +90,10 @@ def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: f
         t.meta["image_item"] = item
         kept = run_programs([t], runner)
         rows.extend(kept)
-    for j in range(n_replay):
-        skill = REPLAY_SKILLS[j % len(REPLAY_SKILLS)]
-        rows.append(direct(world.sample(skill, "train", rng_for(world.seed, "sft", "replay", seed, j))))
+    picks = rng_for(world.seed, "sft", "replay", seed).integers(world.sizes.corpus_rows, size=n_replay)
+    for j in range(n_replay):  # chapter 05's text corpora, a third each, trained as pre-training trained them
+        item = corpus_item(world, REPLAY_CORPORA[j % len(REPLAY_CORPORA)], int(picks[j]))
+        rows.append(document(item) if not item.answer else direct(item, "replay"))
     if arm == "text_visual":
         tool_rows = [k for k, t in enumerate(rows) if t.uses_tool]
         n_vis = int(round(len(tool_rows) * visual_share))

@@ -4,6 +4,8 @@
 newline (the answer) or at ``<|tool_call_end|>`` (a call). A call's code runs in the question's own episode of
 the code tool (a fresh kernel with ``image`` / ``frames`` and the palette), its output is appended as a tool
 result and the question goes into the next turn's batch; after ``max_calls`` calls the next turn must answer.
+A turn also ends when the context fills the model's positions; an episode whose context is already full before
+a turn ends unanswered (status ``context_full``).
 Every model-written program runs in :class:`k25mini.tools.CodeTool` (the sandbox); an episode's record carries
 the tool's isolation label, so results say when a weak sandbox was used.
 
@@ -82,7 +84,14 @@ def solve_with_tool(model, tok: Tokenizer, items: Sequence[Item], tool, max_call
     extra: list[list[int]] = [[] for _ in items]
     eps = [Episode() for _ in items]
     active = list(range(len(items)))
+    max_pos = model.language_model.config.max_position_embeddings
     while active:
+        full = [i for i in active if len(base[i]) + len(extra[i]) >= max_pos]
+        for i in full:  # no room left for a turn: the episode ends unanswered
+            eps[i].statuses.append("context_full")
+        active = [i for i in active if i not in set(full)]
+        if not active:
+            break
         outs = greedy_generate(model, [base[i] + extra[i] for i in active], [items[i].images for i in active],
                                max_new_tokens, stops, batch_size)
         nxt = []

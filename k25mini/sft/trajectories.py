@@ -36,7 +36,7 @@ import numpy as np
 
 from k25mini.agents.toolcall import DEFAULT_FORMAT, format_tool_call
 from k25mini.data.tokenizer import Tokenizer
-from k25mini.pretrain.docs import prompt_ids
+from k25mini.pretrain.docs import item_to_doc, prompt_ids
 from k25mini.sft.programs import palette_setup, program_for
 from k25mini.tools import helpers as _helpers
 from k25mini.world import Item
@@ -49,6 +49,7 @@ __all__ = [
     "CONTEXTS",
     "visual_trajectory",
     "direct",
+    "document",
     "call_text",
     "result_text",
     "encode_trajectory",
@@ -161,6 +162,14 @@ def _kernel_arrays(item: Item) -> tuple[np.ndarray | None, np.ndarray | None]:
 CONTEXTS = ("describe", "none", "stub")
 #: the media markup of an image with no vision tokens in it: the text says "a picture is here", no pixel is shown
 MEDIA_STUB = "<|media_begin|>image<|media_content|><|media_end|>"
+#: the same for a video
+VIDEO_STUB = "<|media_begin|>video<|media_content|><|media_end|>"
+
+
+def media_stub(item: Item) -> str:
+    """The empty media markup for ``item``'s one image or video (a 4-D array is a video)."""
+    img, frames = _kernel_arrays(item)
+    return VIDEO_STUB if frames is not None else MEDIA_STUB
 
 
 def text_twin(item: Item, style: str = "concise", context: str = "describe") -> Trajectory:
@@ -172,7 +181,7 @@ def text_twin(item: Item, style: str = "concise", context: str = "describe") -> 
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     q = _strip_media(item.prompt)
-    prompt = {"describe": f"{describe_media(item)} {q}", "none": q, "stub": f"{MEDIA_STUB}{q}"}[context]
+    prompt = {"describe": f"{describe_media(item)} {q}", "none": q, "stub": f"{media_stub(item)}{q}"}[context]
     text_item = Item(item.suite, prompt, [], item.answer, {**item.meta, "twin_of": item.meta.get("skill")})
     prog = program_for(item.prompt)
     meta = {"source": "text_twin", "skill": item.meta.get("skill"), "style": style, "context": context}
@@ -194,16 +203,29 @@ def visual_trajectory(item: Item, style: str = "concise") -> Trajectory:
                       {"source": "visual", "skill": item.meta.get("skill"), "style": style, "kind": prog.kind})
 
 
-def direct(item: Item, source: str = "replay") -> Trajectory:
-    """No call: the answer right after the prompt (as in pre-training)."""
+def direct(item: Item, source: str = "direct") -> Trajectory:
+    """No call: the answer right after the prompt (as in pre-training); ``source`` labels where the item came from
+    (the SFT set builder passes ``"replay"`` for its pre-training replay)."""
     return Trajectory(item, meta={"source": source, "skill": item.meta.get("skill"), "kind": "direct"})
+
+
+def document(item: Item, source: str = "replay") -> Trajectory:
+    """A pre-training document (``item.answer`` empty, the text in ``prompt``, e.g. an encyclopedia page) replayed
+    as pre-training trains it: every token after ``<|bos|>`` is trained."""
+    if item.answer:
+        raise ValueError("a document row needs an item with an empty answer (its text in prompt)")
+    return Trajectory(item, meta={"source": source, "skill": item.meta.get("skill"), "kind": "document"})
 
 
 # ------------------------------------------------------------------------------------------------ encoding
 def encode_trajectory(traj: Trajectory, tok: Tokenizer, counts_fn) -> tuple[list[int], list[bool], list[np.ndarray]]:
     """Token ids, a per-token *trained* flag (True where the token is the assistant's: the call, the answer and
     ``<|eos|>``) and the media, in order. The prompt part is exactly :func:`prompt_ids` of the item, so a model
-    trained on it sees at test time the prefix it was trained on."""
+    trained on it sees at test time the prefix it was trained on. A ``document`` row is pre-training's
+    :func:`~k25mini.pretrain.docs.item_to_doc` with every token after ``<|bos|>`` trained."""
+    if traj.meta.get("kind") == "document":
+        doc = item_to_doc(traj.item, tok, counts_fn)
+        return list(doc.ids), [False] + [True] * (len(doc.ids) - 1), list(doc.media)
     if traj.uses_tool and traj.result is None:
         raise ValueError("trajectory has a call but no tool result: run it first (run_programs)")
     ids = prompt_ids(traj.item, tok, counts_fn)
@@ -246,9 +268,18 @@ def run_programs(trajs: Sequence[Trajectory], runner: Callable[[str, np.ndarray 
 
 
 class _Kept(list):
+    """A list of kept trajectories with the rejection count as ``dropped`` (slices and copies keep it)."""
+
     def __init__(self, items, dropped: int) -> None:
         super().__init__(items)
         self.dropped = dropped
+
+    def __getitem__(self, i):
+        got = super().__getitem__(i)
+        return _Kept(got, self.dropped) if isinstance(i, slice) else got
+
+    def copy(self) -> _Kept:
+        return _Kept(self, self.dropped)
 
 
 def tool_runner(tool) -> Callable[[str, np.ndarray | None, np.ndarray | None], tuple[bool, str]]:

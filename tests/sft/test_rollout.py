@@ -3,6 +3,7 @@ stats are counted right; with scripted "model" turns so every branch is exercise
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -166,3 +167,33 @@ def test_model_code_runs_in_the_sandbox(tok):
     w = World(0, scale="cpu")
     assert make_eval_suite(w, "Code", 1)  # text items have no image: the episode starts without arrays
     assert rollout._episode_arrays(make_eval_suite(w, "Code", 1)[0]) == {}
+
+
+def test_generation_stops_when_positions_run_out(tok):
+    """A row whose context fills the model's positions stops (no crash); a prompt of exactly max positions still
+    gets its one next token; shorter rows in the same batch decode on unharmed."""
+    torch.manual_seed(0)
+    cfg = preset("nano")
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, max_position_embeddings=24))
+    m = K25ForConditionalGeneration(cfg)
+    long, short = list(range(5, 5 + 20)), list(range(5, 5 + 4))
+    never = {-1: False}  # no stop token: rows run to their limit
+    outs = greedy_generate(m, [long, short], None, max_new_tokens=12, stops=never)
+    assert len(outs[0]) == 24 - 20 + 1 and len(outs[1]) == 12
+    alone = greedy_generate(m, [short], None, max_new_tokens=12, stops=never)
+    assert alone[0] == outs[1]
+    assert len(greedy_generate(m, [list(range(5, 29))], None, 4, stops=never)[0]) == 1
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        greedy_generate(m, [list(range(5, 30))], None, 4)
+
+
+def test_full_context_ends_the_episode(monkeypatch, model, tok, items):
+    """A call whose result fills the context: the episode ends unanswered with status ``context_full``."""
+    turns = [[call_text("print(1)")], ["4"]]
+    base, _ = _scripted(monkeypatch, tok, turns)
+    base.extend(prompt_ids(it, tok, model.media_token_counts) for it in items[:2])
+    max_pos = model.language_model.config.max_position_embeddings
+    monkeypatch.setattr(rollout, "result_text", lambda text: "a " * max_pos)
+    eps = solve_with_tool(model, tok, items[:2], FakeTool([Obs("ok", "1")]))
+    assert eps[0].answer == "" and eps[0].statuses == ["ok", "context_full"] and eps[0].turns == 1
+    assert eps[1].answer == "4"

@@ -8,9 +8,12 @@ from typing import Any
 from k25mini.experiments.ch06_zero_vision.config import (
     ARMS,
     EXPERIMENT,
+    LIFT,
     PACKAGE,
     PAPER,
     TEXT_SUITES,
+    TEXT_TOLERANCE,
+    VALID_CALL_TARGET,
     VISION_SKILLS,
 )
 from k25mini.experiments.results import read_json, staleness
@@ -53,12 +56,13 @@ def _checks(res: dict[str, Any]) -> list[str]:
         return []
     lifted = ", ".join(c["lifted_skills_every_seed"]) or "none"
     text = ", ".join(f"{s} {100 * v:+.1f}" for s, v in c["text_delta"].items())
-    return [f"- vision skills lifted by ≥ 15 points over (a) on every seed: **{lifted}** "
+    return [f"- vision skills lifted by ≥ {100 * LIFT:.0f} points over (a) on every seed: **{lifted}** "
             f"({'meets' if c['two_skills_lifted'] else 'does not meet'} the ≥ 2 target)",
             (f"- valid tool-call rate of (b): **{100 * c['valid_call_rate']:.1f} %** "
-             f"({'meets' if c['valid_ok'] else 'misses'} ≥ 95 %)" if c["valid_call_rate"] is not None
-             else "- valid tool-call rate of (b): no calls were made"),
-            f"- text suites, (b) − (a): {text} ({'within' if c['text_within_2'] else 'NOT within'} 2 points)"]
+             f"({'meets' if c['valid_ok'] else 'misses'} ≥ {100 * VALID_CALL_TARGET:.0f} %)"
+             if c["valid_call_rate"] is not None else "- valid tool-call rate of (b): no calls were made"),
+            f"- text suites, (b) − (a): {text} ({'within' if c['text_within_2'] else 'NOT within'} "
+            f"{100 * TEXT_TOLERANCE:.0f} points)"]
 
 
 def section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None, scale: str = "cpu") -> str:

@@ -32,9 +32,12 @@ from k25mini.experiments.ch05_fusion.config import config_for as fusion_config
 from k25mini.experiments.ch05_fusion.stages import finished, joint_root, run_joint
 from k25mini.experiments.ch06_zero_vision.config import (
     EXPERIMENT,
+    LIFT,
     PACKAGE,
     TEXT_SUITES,
+    TEXT_TOLERANCE,
     TRAINED_ARMS,
+    VALID_CALL_TARGET,
     VISION_SKILLS,
     SFTConfig,
 )
@@ -170,7 +173,7 @@ def evaluate_arm(cfg: SFTConfig, arm: str, model, evals: dict[str, list], tool) 
                      "examples": [{"prompt": it.prompt[-80:], "gold": it.answer, **e.to_dict()}
                                   for it, e in list(zip(items, eps))[:2]]}
     # the isolation every call ran under (the per-kernel uid is random, so it is left out of results)
-    return {"per": per, "sandbox": re.sub(r"uid \S+", "a fresh uid per kernel", tool.label)}
+    return {"per": per, "sandbox": re.sub(r"uid [^,]+", "a fresh uid per kernel", tool.label)}
 
 
 def run_arm(cfg: SFTConfig, arm: str, seed: int | None, runs_dir: Path | None = None,
@@ -283,23 +286,23 @@ def summarise(cfg: SFTConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def acceptance(table: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
-    """The issue's acceptance on these results: vision skills lifted >= 15 points over (a) on EVERY seed,
-    valid-call rate >= 95 %, text suites within 2 points of (a) or better (by the mean)."""
+    """The issue's acceptance on these results: vision skills lifted >= ``LIFT`` over (a) on EVERY seed,
+    valid-call rate >= ``VALID_CALL_TARGET``, text suites within ``TEXT_TOLERANCE`` of (a) or better (by the mean)."""
     if "no_sft" not in table or "zero_vision" not in table:
         return {}
     base = table["no_sft"]
     runs = arms["zero_vision"]["runs"]
     lifted = []
     for k in VISION_SKILLS:
-        if k in base and all(run["per"][k]["acc"] - base[k]["acc"]["mean"] >= 0.15 for run in runs):
+        if k in base and all(run["per"][k]["acc"] - base[k]["acc"]["mean"] >= LIFT for run in runs):
             lifted.append(k)
     calls = sum(run["per"][k]["calls"] for run in runs for k in run["per"])
     valid = sum(run["per"][k]["calls"] * run["per"][k]["valid_call_rate"] for run in runs for k in run["per"])
     text = {s: table["zero_vision"][s]["acc"]["mean"] - base[s]["acc"]["mean"] for s in TEXT_SUITES if s in base}
     out = {"lifted_skills_every_seed": lifted, "two_skills_lifted": len(lifted) >= 2,
            "valid_call_rate": valid / calls if calls else None, "text_delta": text,
-           "text_within_2": all(v >= -0.02 for v in text.values())}
-    out["valid_ok"] = bool(calls) and out["valid_call_rate"] >= 0.95
+           "text_within_2": all(v >= -TEXT_TOLERANCE for v in text.values())}
+    out["valid_ok"] = bool(calls) and out["valid_call_rate"] >= VALID_CALL_TARGET
     if "text_visual" in table:
         out["zero_vs_text_visual"] = {k: table["zero_vision"][k]["acc"]["mean"] - table["text_visual"][k]["acc"]["mean"]
                                       for k in table["zero_vision"] if k in table["text_visual"]}
