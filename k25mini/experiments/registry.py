@@ -64,6 +64,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         speedrun="k25mini.experiments.ch05_fusion.speedrun:speedrun_stages",
         reproduce=("--workers", "{workers}")),
     Experiment(
+        name="zero_vision_sft", chapter="06", title="zero-vision SFT with a sandboxed code tool",
+        package="k25mini.experiments.ch06_zero_vision",
+        results=("zero_vision_sft_cpu.json", "zero_vision_sft/cpu"),
+        section="k25mini.experiments.ch06_zero_vision.report:section",
+        speedrun="k25mini.experiments.ch06_zero_vision.speedrun:speedrun_stages",
+        reproduce=("--workers", "{workers}")),
+    Experiment(
         name="swarm", chapter="08", title="Agent Swarm trained with PARL",
         package="k25mini.experiments.ch08_swarm", results=("swarm_cpu.json", "swarm_attempts.json"),
         section="k25mini.experiments.ch08_swarm.report:section",

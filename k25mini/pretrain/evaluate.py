@@ -20,7 +20,7 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import prompt_ids
 from k25mini.world import Item, score
 
-__all__ = ["greedy_answer", "greedy_answers", "evaluate_items", "teacher_forced_exact", "NEWLINE"]
+__all__ = ["greedy_answer", "greedy_answers", "greedy_generate", "evaluate_items", "teacher_forced_exact", "NEWLINE"]
 
 NEWLINE = 10  # byte id of "\n": answers are one line
 
@@ -138,17 +138,30 @@ def _greedy_batch(model, tok: Tokenizer, prompts: list[list[int]], items: Sequen
                   max_new_tokens: int) -> list[list[int]]:
     """Generated token ids (stop token excluded) of one batch of prompts."""
     media = [m for it in items for m in it.images]  # row-major, as the media pads appear in the prompts
+    return _generate(model, tok, prompts, media, max_new_tokens, {tok.eos_id: False, NEWLINE: False})
+
+
+def _generate(model, tok: Tokenizer, prompts: list[list[int]], media: list, max_new_tokens: int,
+              stops: dict[int, bool]) -> list[list[int]]:
+    """Greedy continuation of a batch of token-id prompts: a row ends at a token of ``stops`` (kept in its output
+    when ``stops[token]`` is True), after ``max_new_tokens``, or when it fills the model's positions (its last
+    token sits at position ``max_position_embeddings``, which is never fed back)."""
     logits, state = _prefill(model, tok, prompts, media)
+    max_pos = model.language_model.config.max_position_embeddings
     outs: list[list[int]] = [[] for _ in prompts]
     rows = list(range(len(prompts)))  # batch row -> prompt index, for the rows still decoding
     for step in range(max_new_tokens):
         nxt = logits.argmax(-1)
         keep = []
+        room = (state["lens"] + step < max_pos).tolist()  # can this row's new token still be fed back?
         for r, t in enumerate(nxt.tolist()):
-            if t in (tok.eos_id, NEWLINE):
+            if t in stops:
+                if stops[t]:
+                    outs[rows[r]].append(t)
                 continue
             outs[rows[r]].append(t)
-            keep.append(r)
+            if room[r]:
+                keep.append(r)
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(rows):
@@ -157,6 +170,43 @@ def _greedy_batch(model, tok: Tokenizer, prompts: list[list[int]], items: Sequen
             nxt, rows = nxt[sel], [rows[r] for r in keep]
         logits = _decode(model.language_model, nxt, step, state)
     return outs
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: Sequence[list[int]], media: Sequence[Sequence] | None = None,
+                    max_new_tokens: int = 24, stops: dict[int, bool] | None = None,
+                    batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuations of token-id ``prompts`` (each already expanded: one ``<|media_pad|>`` per vision
+    token), ``media[i]`` the images/videos of prompt ``i`` in order. A row stops at a token of ``stops``
+    (``{token_id: keep_it_in_the_output}``; default ``<|eos|>`` and newline, not kept), after
+    ``max_new_tokens``, or when prompt + output fill ``max_position_embeddings`` + 1 tokens (the context is
+    full; a prompt longer than the model's positions raises ValueError). Batched and left-padded as
+    :func:`greedy_answers` (same answers as one at a time)."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty sequence of token-id lists")
+    if any(not p for p in prompts):
+        raise ValueError("prompts must not contain an empty token list")
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("batch_size", batch_size, 1)
+    media = [[] for _ in prompts] if media is None else list(media)
+    if len(media) != len(prompts):
+        raise ValueError(f"media must hold one list per prompt ({len(prompts)}), got {len(media)}")
+    tok = Tokenizer()
+    stops = {tok.eos_id: False, NEWLINE: False} if stops is None else dict(stops)
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        outs: list[list[int]] = [[] for _ in prompts]
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            got = _generate(model, tok, [list(prompts[i]) for i in idx], [m for i in idx for m in media[i]],
+                            max_new_tokens, stops)
+            for i, o in zip(idx, got):
+                outs[i] = o
+        return outs
+    finally:
+        model.train(was_training)
 
 
 def evaluate_items(model, tok: Tokenizer, items: Sequence[Item], max_new_tokens: int = 24,

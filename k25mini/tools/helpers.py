@@ -136,6 +136,58 @@ def bar_heights(mask) -> list[int]:
     return heights
 
 
+def foreground(img, tol: float = 40.0) -> np.ndarray:
+    """Boolean mask of pixels that differ from the background colour (the top-left pixel) by more than ``tol``
+    (summed abs difference over the channels)."""
+    img = _as_array(img, "img")
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"img must be HxWx3, got shape {img.shape}")
+    diff = np.abs(img[..., :3].astype(np.int64) - img[0, 0, :3].astype(np.int64)).sum(axis=-1)
+    return diff > tol
+
+
+def centroid(mask) -> tuple[float, float]:
+    """``(x, y)`` mean position of the foreground pixels of a boolean mask (x = column, y = row)."""
+    mask = np.asarray(_as_array(mask, "mask"), dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("centroid of an empty mask")
+    return float(xs.mean()), float(ys.mean())
+
+
+def cell_of(mask, n: int = 3) -> tuple[int, int]:
+    """``(row, col)`` of the cell holding the centre of the mask's bounding box, in an ``n`` x ``n`` grid laid over
+    the image (row 0 at the top, col 0 at the left)."""
+    mask = np.asarray(_as_array(mask, "mask"), dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("cell_of an empty mask")
+    h, w = mask.shape
+    cy, cx = (int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2
+    return min(n - 1, n * cy // h), min(n - 1, n * cx // w)
+
+
+def step(frames) -> tuple[float, float]:
+    """``(dx, dy)``: how far the foreground's centroid moves from the first frame to the last (x right, y down)."""
+    frames = _as_array(frames, "frames")
+    if frames.ndim != 4:
+        raise ValueError(f"frames must be TxHxWx3, got shape {frames.shape}")
+    x0, y0 = centroid(foreground(frames[0]))
+    x1, y1 = centroid(foreground(frames[-1]))
+    return x1 - x0, y1 - y0
+
+
+def heading(dx: float, dy: float) -> str:
+    """The compass word of a move in image coordinates: 'left', 'right', 'up' or 'down' (the larger axis wins)."""
+    if abs(dx) > abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
 def show(img) -> None:
     """Hand an image (HxW or HxWx3 uint8, or a bool mask) back to the model as an observation image."""
     img = _as_array(img, "img")
@@ -158,6 +210,11 @@ HELPERS = {
     "color_mask": "color_mask(img, rgb, tol=30) -> bool mask of pixels near a colour",
     "unique_colors": "unique_colors(img, top=8) -> [((r, g, b), count), ...]",
     "label_components": "label_components(mask, connectivity=4) -> (labels, n)",
+    "foreground": "foreground(img, tol=40) -> bool mask of pixels unlike the top-left (background) pixel",
+    "centroid": "centroid(mask) -> (x, y) mean foreground position",
+    "cell_of": "cell_of(mask, n=3) -> (row, col) of the mask's box centre in an n x n grid",
+    "step": "step(frames) -> (dx, dy) move of the foreground centroid, first frame to last",
+    "heading": "heading(dx, dy) -> 'left' | 'right' | 'up' | 'down'",
     "count_components": "count_components(mask, connectivity=4, min_size=1) -> int",
     "bar_heights": "bar_heights(mask) -> heights of vertical bars, left to right",
     "show": "show(img) -> hand an image back to the model",

@@ -760,6 +760,7 @@ class CodeTool:
         self.pool = pool
         self._kernel: _Kernel | None = None
         self._arrays: dict[str, np.ndarray] = {}
+        self._setup: str | None = None
         self.restarts = 0
         self.start_s: float | None = None
 
@@ -781,9 +782,13 @@ class CodeTool:
     def kernel_pid(self) -> int | None:
         return self._kernel.proc.pid if self._kernel is not None else None
 
-    def start(self, image: np.ndarray | None = None, frames=None) -> CodeTool:
+    def start(self, image: np.ndarray | None = None, frames=None, setup: str | None = None) -> CodeTool:
         """Begin an episode: a fresh kernel with ``image`` (HxW or HxWxC) / ``frames`` (TxHxW(xC), or a list of
-        equal-shape frames) preloaded as numpy arrays, and the helpers of :mod:`k25mini.tools.helpers`."""
+        equal-shape frames) preloaded as numpy arrays, and the helpers of :mod:`k25mini.tools.helpers`.
+        ``setup``: Python run (inside the sandbox, its output discarded) after loading, and again after every
+        kernel restart, e.g. a colour palette the task's code may name."""
+        if setup is not None and not isinstance(setup, str):
+            raise ValueError(f"setup must be a string of Python code or None, got {type(setup).__name__}")
         arrays = {}
         if image is not None:
             arrays["image"] = _check_image(image, "image", (2, 3))
@@ -797,6 +802,7 @@ class CodeTool:
             self.close()
         t0 = time.perf_counter()
         self._arrays = arrays
+        self._setup = setup
         self._kernel = self._new_kernel()
         self.restarts = 0
         self.start_s = time.perf_counter() - t0
@@ -812,6 +818,10 @@ class CodeTool:
                 res = k.execute(code, self.limits.start_timeout_s)
                 if res["status"] != "ok":
                     raise SandboxError(f"could not load {sorted(self._arrays)} into the kernel: {res['text'][-300:]}")
+            if self._setup:
+                res = k.execute(self._setup, self.limits.start_timeout_s)
+                if res["status"] != "ok":
+                    raise SandboxError(f"the episode's setup code failed in the kernel: {res['text'][-300:]}")
         except BaseException:
             k.close()
             raise

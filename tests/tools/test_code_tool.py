@@ -82,6 +82,26 @@ def test_episodes_are_fresh_and_frames_load(scene, strong_mode):
     assert not t.started
 
 
+def test_setup_code_runs_every_episode_and_after_restarts(scene, strong_mode):
+    from k25mini.tools.sandbox import SandboxError
+
+    t = CodeTool(timeout=2)
+    t.start(image=scene, setup="MAGIC = 41 + 1\nprint('hidden')")
+    try:
+        assert t.run("print(MAGIC, image.shape)").text.strip() == "42 (48, 48, 3)"
+        obs = t.run("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass")
+        assert obs.status == "timeout" and obs.restarted
+        assert t.run("print(MAGIC)").text.strip() == "42"  # the setup ran again in the new kernel
+        t.start()  # a new episode without setup: nothing carries over
+        assert t.run("print('MAGIC' in globals())").text.strip() == "False"
+        with pytest.raises(ValueError, match="setup must be a string"):
+            t.start(setup=42)
+        with pytest.raises(SandboxError, match="setup code failed"):
+            t.start(setup="raise RuntimeError('boom')")
+    finally:
+        t.close()
+
+
 @pytest.mark.slow
 def test_warm_pool(scene, strong_mode):
     with KernelPool(size=1, limits=SandboxLimits(timeout_s=5.0)) as pool:

@@ -1,4 +1,5 @@
-"""Chapter 08's stage of the speedrun: the PARL swarm, one seed, its LMs started from the joint checkpoint.
+"""Chapter 08's stage of the speedrun: the PARL swarm, one seed, its LMs started from the previous stage's checkpoint
+(chapter 06's SFT model in the full speedrun).
 
 The worker (single agent and every subagent) and the orchestrator both start from the language model of the
 previous stage's checkpoint (``ctx.state["checkpoint"]``) instead of from scratch, and only the ``full`` PARL
@@ -52,7 +53,7 @@ def speedrun_stages(scale: str) -> list[Stage]:
             return StageResult(lines=_lines(m), metrics=m, reused=str(rel), stale=staleness(old, PACKAGE))
         ckpt = ctx.state.get("checkpoint")
         if ckpt is None:
-            raise ValueError("the swarm stage starts from the joint stage's checkpoint, but no earlier stage left one")
+            raise ValueError("the swarm stage starts from an earlier stage's checkpoint, but no earlier stage left one")
         cfg = replace(default_config(scale), seeds=[SEED], variants=["full"], init_from=str(ckpt),
                       init_preset=ctx.state.get("preset", "nano"))
         out = ctx.runs_dir / "results"
@@ -61,7 +62,7 @@ def speedrun_stages(scale: str) -> list[Stage]:
         m = seed_metrics(res["per_seed"][str(SEED)])
         return StageResult(lines=_lines(m), metrics=m, resumed=was_done, stale=res.get("stale"))
 
-    return [Stage("swarm", f"08 Agent Swarm, PARL from the joint checkpoint, seed {SEED}", swarm)]
+    return [Stage("swarm", f"08 Agent Swarm, PARL from the previous stage's checkpoint, seed {SEED}", swarm)]
 
 
 def card(metrics: dict[str, dict], results_dir: Path, scale: str) -> list[dict[str, Any]]:
