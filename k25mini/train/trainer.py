@@ -256,21 +256,28 @@ class Trainer:
         assert loss_sum is not None
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
-        if hasattr(gnorm, "full_tensor"):  # DTensor norm under FSDP2
-            gnorm = gnorm.full_tensor()
+        # the norm now, the clipping after the finiteness check: a non-finite norm would turn every gradient into
+        # NaN when clipped, hiding which parameter's gradient went bad (same arithmetic as clip_grad_norm_)
+        total = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        gnorm = total.full_tensor() if hasattr(total, "full_tensor") else total  # DTensor norm under FSDP2
         keys = sorted(metric_sums)
         packed = torch.stack([loss_sum.to(gnorm.device) / cfg.grad_accum, gnorm.detach().to(torch.float64)]
                              + [metric_sums[k].to(gnorm.device) / cfg.grad_accum for k in keys])
         vals = D.all_reduce_mean(packed).tolist()  # one host sync per step; identical on every rank
         values = {"loss": vals[0], "grad_norm": vals[1], **dict(zip(keys, vals[2:]))}
         finite = math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])
+        where = None if finite else self._nonfinite_source(values["loss"])
         if not finite and cfg.halt_on_nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"non-finite loss ({values['loss']}) or grad norm ({values['grad_norm']}) at "
-                                     f"step {self.step}; weights not updated (set TrainConfig.halt_on_nonfinite="
-                                     "False to skip such steps)")
+            raise FloatingPointError(f"non-finite {where} at step {self.step} (loss {values['loss']}, grad norm "
+                                     f"{values['grad_norm']}); weights not updated (set "
+                                     "TrainConfig.halt_on_nonfinite=False to skip such steps)")
+        if not finite:
+            warnings.warn(f"step {self.step}: non-finite {where}; step skipped (weights and optimizer state "
+                          "unchanged; counted in the logged 'skipped')", RuntimeWarning, stacklevel=2)
         if finite:
+            if params and math.isfinite(max_norm):
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
             self.optimizer.step()  # runs QK-Clip and the MoE bias update as step post-hooks
             for hook in self.post_step:
                 hook(self)
@@ -279,6 +286,22 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         self.step += 1
         return values
+
+    def _nonfinite_source(self, loss: float) -> str:
+        """Where a non-finite step came from: ``"loss"``, or the first parameter (in ``named_parameters`` order)
+        whose gradient holds a NaN or inf, with its module."""
+        if not math.isfinite(loss):
+            return "loss"
+        for name, p in self.model.named_parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if hasattr(g, "full_tensor"):  # DTensor under FSDP2
+                g = g.full_tensor()
+            if not bool(torch.isfinite(g).all()):
+                module = name.rsplit(".", 1)[0] if "." in name else "(root)"
+                return f"gradient in parameter {name!r} (module {module!r})"
+        return "gradient norm (no single parameter's gradient is non-finite: the norm overflowed)"
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self) -> dict[str, Any]:

@@ -186,10 +186,52 @@ def test_nonfinite_loss_halts_without_touching_weights():
     with pytest.raises(FloatingPointError, match="step 0"):
         tr.fit()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
+        Trainer(model, bad_loss, toy_batch_at, _cfg()).fit()
     tr2 = Trainer(model, bad_loss, toy_batch_at, _cfg(halt_on_nonfinite=False, steps=2))
-    tr2.fit()
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        tr2.fit()
     assert [r["skipped"] for r in tr2.history] == [1.0, 1.0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_nonfinite_gradient_names_its_parameter(value):
+    """Injection: one parameter's gradient gets an inf / NaN at step 2 only. Halting names that parameter and its
+    module; skipping leaves the weights of that step untouched and training goes on."""
+    torch.manual_seed(0)
+    model = TinyCharMLP()
+    names = [n for n, _ in model.named_parameters()]
+    target_name = names[-1]
+    target = dict(model.named_parameters())[target_name]
+    state = {"trainer": None}
+
+    def poison(grad):
+        return grad.clone().fill_(value) if state["trainer"].step == 2 else grad
+
+    target.register_hook(poison)
+    tr = Trainer(model, toy_loss, toy_batch_at, _cfg(steps=4))
+    state["trainer"] = tr
+    module = target_name.rsplit(".", 1)[0]
+    with pytest.raises(FloatingPointError, match=rf"parameter '{target_name}' \(module '{module}'\) at step 2"):
+        tr.fit()
+    assert tr.step == 2  # steps 0 and 1 ran
+
+    torch.manual_seed(0)
+    model = TinyCharMLP()
+    target = dict(model.named_parameters())[target_name]
+    target.register_hook(poison)
+    tr = Trainer(model, toy_loss, toy_batch_at, _cfg(steps=4, halt_on_nonfinite=False))
+    state["trainer"] = tr
+    flags = [tr.train_step()["skipped"] for _ in range(2)]
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(RuntimeWarning, match=f"step 2: non-finite gradient in parameter '{target_name}'"):
+        flags.append(tr.train_step()["skipped"])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the poisoned step changed nothing
+    flags.append(tr.train_step()["skipped"])
+    assert flags == [0.0, 0.0, 1.0, 0.0]
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # and training went on
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_bad_inputs_raise_value_errors():
