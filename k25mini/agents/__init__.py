@@ -13,6 +13,7 @@ from k25mini.agents.context import DROPPED_MARKER, ContextWindow, Message, trunc
 from k25mini.agents.critical import Stage, critical_steps, speedup, total_steps
 from k25mini.agents.policy import Action, AgentView, Policy, render_messages
 from k25mini.agents.runtime import (
+    ERROR_KINDS,
     SINGLE_AGENT_TOOLS,
     SUBAGENT_TOOLS,
     SWARM_TOOLS,
@@ -59,6 +60,7 @@ __all__ = [
     "SWARM_TOOLS",
     "TOOL_DOCS",
     "TOOL_SPECS",
+    "ERROR_KINDS",
     "UNFINISHED",
     "Action",
     "AgentRecord",

@@ -17,6 +17,10 @@ failure) comes back to the orchestrator as a tool observation; subagent steps ar
 Failures never crash an episode: a policy that raises, a malformed tool call, an unknown tool, a web
 error, a subagent that runs past its step limit / real-time timeout or finishes with an answer that
 fails ``validate_answer`` — each becomes an observation and, for subagents, an unfinished status.
+Every such error is also counted by kind (``ERROR_KINDS``) on the agent that caused it
+(``AgentRecord.errors``); ``Episode.errors`` sums them and ``Episode.summary()`` reports the counters and
+their total. A subagent's report to the orchestrator is cut to ``max_observation`` characters (the full
+answer stays in ``AgentRecord.answer``), and the cut is counted as ``truncated``.
 
 Critical-steps budget: before each main turn the remaining budget is checked; subagents launched in a
 turn get at most (remaining − 2) steps (one for that turn, one kept for a final ``finish``), so the
@@ -69,6 +73,19 @@ TOOL_DOCS: dict[str, str] = {
 }
 
 UNFINISHED = ("step_limit", "budget", "error", "timeout", "invalid_answer")
+
+#: What the runtime counts, per agent, when something goes wrong (see ``AgentRecord.errors``):
+#: ``raised``: a policy (or the code around a subagent) raised an exception;
+#: ``timeout``: a policy step ran past ``policy_timeout_s`` or a subagent past ``subagent_timeout_s``;
+#: ``garbage``: a policy returned something that is neither text nor tool calls (None, a number, ...), or a
+#: subagent's final answer failed ``validate_answer``;
+#: ``truncated``: a subagent's report was longer than ``max_observation`` and was cut before it entered the
+#: orchestrator's context;
+#: ``malformed_call``: a tool call that could not be parsed (bad JSON, missing markers), names an unknown or
+#: forbidden tool, lacks / mistypes an argument, or names a subagent that was never created;
+#: ``over_limit``: a well-formed call refused by a per-turn limit (``max_direct_calls``, ``max_parallel``);
+#: ``tool_error``: search / browse raised in the web backend.
+ERROR_KINDS = ("raised", "timeout", "garbage", "truncated", "malformed_call", "over_limit", "tool_error")
 
 
 def default_validate_answer(answer: str) -> bool:
@@ -199,10 +216,19 @@ class AgentRecord:
     t_start: float = 0.0
     t_end: float = 0.0
     error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)  # kind (ERROR_KINDS) -> count, for this agent only
 
     @property
     def finished(self) -> bool:
         return self.status == "finished"
+
+    def count_error(self, kind: str, n: int = 1) -> None:
+        """Add ``n`` errors of ``kind`` (one of ``ERROR_KINDS``) to this agent's counters."""
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {kind!r}; known: {', '.join(ERROR_KINDS)}")
+        if n < 0:
+            raise ValueError(f"error count must be >= 0; got {n}")
+        self.errors[kind] = self.errors.get(kind, 0) + n
 
 
 @dataclass
@@ -265,6 +291,25 @@ class Episode:
         groups = [len(s.subs) for s in self.stages if s.subs]
         return sum(groups) / len(groups) if groups else 0.0
 
+    @property
+    def errors(self) -> dict[str, int]:
+        """Error counters of the whole episode: every kind of ``ERROR_KINDS`` (zeros included), summed over
+        the main agent and all subagents."""
+        total = dict.fromkeys(ERROR_KINDS, 0)
+        for a in self.agents.values():
+            for k, n in a.errors.items():
+                total[k] = total.get(k, 0) + n
+        return total
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def failed_subagents(self) -> list[AgentRecord]:
+        """Subagents that did not finish (their ``status`` says why, ``error`` and ``errors`` give details)."""
+        return [a for a in self.subagents if not a.finished]
+
     def loss_steps(self) -> list[StepRecord]:
         """The steps whose tokens belong in the orchestrator's loss."""
         return [s for s in self.steps if s.in_loss]
@@ -287,6 +332,8 @@ class Episode:
             "max_parallel": self.max_parallel,
             "avg_parallel": self.avg_parallel,
             "subagent_status": statuses,
+            "errors": self.errors,
+            "n_errors": self.n_errors,
         }
 
 
@@ -335,6 +382,7 @@ class _Outcome:
     calls: list[ToolCall]
     errors: list[str]
     info: dict[str, Any]
+    kind: str = "malformed_call"  # the ERROR_KINDS entry that each of ``errors`` counts as
 
 
 class _Run:
@@ -431,6 +479,8 @@ class SwarmRuntime:
     ) -> bool:
         """Execute the main agent's calls; fill ``stage`` / ``rec``; return True when the episode ends."""
         cfg, ep = self.config, run.episode
+        main = ep.agents["main"]
+        main.count_error(out.kind, len(out.errors))
         rec.text, rec.info, rec.errors = out.text, out.info, list(out.errors)
         rec.calls = [c.to_dict() for c in out.calls]
         rec.t_end = clock
@@ -446,6 +496,7 @@ class SwarmRuntime:
                 ignored = len(out.calls) - 1
                 rec.observations = [f"finished ({ignored} other call(s) in this turn ignored)"] if ignored else []
                 return True
+            main.count_error("malformed_call")
             obs[finish[0]] = Message("tool", err, "finish", call.args)
         direct: list[int] = []
         assigns: list[int] = []
@@ -453,12 +504,15 @@ class SwarmRuntime:
             if obs[i] is not None:
                 continue
             if call.name not in cfg.main_tools:
+                main.count_error("malformed_call")
                 obs[i] = self._unknown(call, cfg.main_tools)
             elif (err := _check_args(call)) is not None:
+                main.count_error("malformed_call")
                 obs[i] = Message("tool", err, call.name, call.args)
             elif call.name == "create_subagent":
                 name = call.args["name"].strip()
                 if not name:
+                    main.count_error("malformed_call")
                     obs[i] = Message("tool", "error: create_subagent needs a non-empty name", call.name, call.args)
                 else:
                     new = name not in run.templates
@@ -468,6 +522,7 @@ class SwarmRuntime:
                     obs[i] = Message("tool", f"{word} subagent {name!r}", call.name, call.args)
             elif call.name in DIRECT_TOOLS:
                 if len(direct) >= cfg.max_direct_calls:
+                    main.count_error("over_limit")
                     obs[i] = Message("tool", f"error: at most {cfg.max_direct_calls} search/browse call(s) per step; "
                                      "this one was not run", call.name, call.args)
                 else:
@@ -475,10 +530,12 @@ class SwarmRuntime:
             elif call.name == "assign_task":
                 agent = call.args["agent"].strip()
                 if agent not in run.templates:
+                    main.count_error("malformed_call")
                     known = sorted(run.templates) or "none"
                     obs[i] = Message("tool", f"error: no subagent named {agent!r} (created: {known}); call "
                                      "create_subagent first", call.name, call.args)
                 elif len(assigns) >= cfg.max_parallel:
+                    main.count_error("over_limit")
                     obs[i] = Message("tool", f"error: at most {cfg.max_parallel} assign_task calls per step",
                                      call.name, call.args)
                 else:
@@ -496,7 +553,7 @@ class SwarmRuntime:
                              out.calls[i].args["prompt"], limit, t_start=clock, t_end=clock)
             ep.agents[ar.agent_id] = ar
             sub_recs.append(ar)
-        jobs: list[Coroutine[Any, Any, Any]] = [self._direct(out.calls[i], clock, "main") for i in direct]
+        jobs: list[Coroutine[Any, Any, Any]] = [self._direct(out.calls[i], clock, main) for i in direct]
         jobs += [self._guarded_sub(run, ar, capped) for ar in sub_recs]
         results = await asyncio.gather(*jobs)
         t_end = clock
@@ -524,8 +581,10 @@ class SwarmRuntime:
                 await coro
         except asyncio.TimeoutError:
             ar.status, ar.error = "timeout", f"no answer within {self.config.subagent_timeout_s} s"
+            ar.count_error("timeout")
         except Exception as e:  # a bug in a policy adapter or web must not kill the episode
             ar.status, ar.error = "error", f"{type(e).__name__}: {e}"
+            ar.count_error("raised")
 
     async def _run_sub(self, run: _Run, ar: AgentRecord, capped: bool) -> None:
         cfg, ep = self.config, run.episode
@@ -542,12 +601,13 @@ class SwarmRuntime:
             ar.steps += 1
             ep.steps.append(rec)  # appended first so that a timeout still leaves the step in the trace
             out = await self._act(self.subagent, view)
+            ar.count_error(out.kind, len(out.errors))
             clock = rec.t_act = await self._tick(clock, cfg.latency.llm_step)
             rec.text, rec.info, rec.errors = out.text, out.info, list(out.errors)
             rec.calls = [c.to_dict() for c in out.calls]
             rec.t_end = ar.t_end = clock
             if out.info.get("policy_error"):
-                ar.status, ar.error = "error", out.info["policy_error"]
+                ar.status, ar.error = ("timeout" if out.kind == "timeout" else "error"), out.info["policy_error"]
                 rec.kind, rec.observations = "error", [out.errors[0]]
                 return
             ctx.add(Message("assistant", out.text))
@@ -559,21 +619,25 @@ class SwarmRuntime:
                 ar.status = "finished" if ok else "invalid_answer"
                 if not ok:
                     ar.error = "answer failed validation"
+                    ar.count_error("garbage")
                 return
             messages: list[Message] = []
             direct = 0
             t_end = clock
             for call in out.calls:
                 if call.name not in cfg.sub_tools:
+                    ar.count_error("malformed_call")
                     messages.append(self._unknown(call, cfg.sub_tools))
                 elif (err := _check_args(call)) is not None:
+                    ar.count_error("malformed_call")
                     messages.append(Message("tool", err, call.name, call.args))
                 elif direct >= cfg.max_direct_calls:
+                    ar.count_error("over_limit")
                     messages.append(Message("tool", f"error: at most {cfg.max_direct_calls} search/browse call(s) "
                                             "per step; this one was not run", call.name, call.args))
                 else:
                     direct += 1
-                    msg, t = await self._direct(call, clock, ar.agent_id)
+                    msg, t = await self._direct(call, clock, ar)
                     messages.append(msg)
                     t_end = max(t_end, t)
             _close_turn(ctx, rec, out, messages, False)
@@ -587,6 +651,10 @@ class SwarmRuntime:
         else:
             why = f": {ar.error}" if ar.error else ""
             text = f"[{ar.agent_id}] did not finish ({ar.status} after {ar.steps} steps){why}"
+        limit = self.config.max_observation
+        if len(text) > limit:  # the same cut the context window makes; counted here so that it is visible
+            ar.count_error("truncated")
+            text = truncate(text, limit)
         data = {"agent_id": ar.agent_id, "status": ar.status, "answer": ar.answer if ar.finished else None}
         return Message("tool", text, "assign_task", args, data)
 
@@ -627,17 +695,18 @@ class SwarmRuntime:
             raw = await (asyncio.wait_for(pending, t) if t is not None else pending)
         except asyncio.TimeoutError:
             msg = f"error: policy gave no output within {self.config.policy_timeout_s} s"
-            return _Outcome("", [], [msg], {"policy_error": msg})
+            return _Outcome("", [], [msg], {"policy_error": msg}, "timeout")
         except Exception as e:
             msg = f"error: policy raised {type(e).__name__}: {e}"
-            return _Outcome("", [], [msg], {"policy_error": msg})
+            return _Outcome("", [], [msg], {"policy_error": msg}, "raised")
         info: dict[str, Any] = {}
         if isinstance(raw, Action):
             info = dict(raw.info)
             if raw.calls is not None:
                 bad = [c for c in raw.calls if not isinstance(c, ToolCall)]
                 if bad:
-                    return _Outcome(raw.text, [], [f"error: Action.calls must be ToolCall, got {bad[0]!r}"], info)
+                    return _Outcome(raw.text, [], [f"error: Action.calls must be ToolCall, got {bad[0]!r}"], info,
+                                    "garbage")
                 # explicit calls: ``text`` is free commentary; the context shows it followed by the calls
                 return _Outcome(raw.text + format_tool_calls(raw.calls, self.fmt), list(raw.calls), [], info)
             raw = raw.text
@@ -647,18 +716,20 @@ class SwarmRuntime:
             return _Outcome(format_tool_calls(raw, self.fmt), list(raw), [], info)
         if not isinstance(raw, str):
             return _Outcome(repr(raw)[:200], [], [f"error: policy returned {type(raw).__name__}, expected text "
-                                                 "or tool calls"], info)
+                                                 "or tool calls"], info, "garbage")
         parsed = parse_tool_calls(raw, self.fmt)
         return _Outcome(raw, parsed.calls, [f"error: {e}" for e in parsed.errors], info)
 
-    async def _direct(self, call: ToolCall, clock: float, agent_id: str) -> tuple[Message, float]:
-        """Run search / browse on the web; returns (observation, simulated end time)."""
+    async def _direct(self, call: ToolCall, clock: float, agent: AgentRecord) -> tuple[Message, float]:
+        """Run search / browse on the web; returns (observation, simulated end time). Errors are counted on
+        ``agent``."""
         cfg = self.config
         t = await self._tick(clock, cfg.latency.tool(call.name))
         try:
             if call.name == "search":
                 k = min(int(call.args.get("k", cfg.search_k)), cfg.max_search_k)
                 if k < 1:
+                    agent.count_error("malformed_call")
                     return Message("tool", "error: search.k must be >= 1", call.name, call.args), t
                 hits = await maybe_await(self.web.search(call.args["query"], k))
                 hits = list(hits) if not isinstance(hits, str) else hits
@@ -667,6 +738,7 @@ class SwarmRuntime:
             page = await maybe_await(self.web.browse(call.args["page_id"]))
             return Message("tool", render_page(page), call.name, call.args, page), t
         except Exception as e:
+            agent.count_error("tool_error")
             return Message("tool", f"error: {call.name} failed: {type(e).__name__}: {e}", call.name, call.args), t
 
 
@@ -700,6 +772,7 @@ __all__ = [
     "SWARM_TOOLS",
     "TOOL_DOCS",
     "TOOL_SPECS",
+    "ERROR_KINDS",
     "UNFINISHED",
     "AgentRecord",
     "Episode",
