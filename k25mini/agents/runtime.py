@@ -228,7 +228,8 @@ class AgentRecord:
             raise ValueError(f"unknown error kind {kind!r}; known: {', '.join(ERROR_KINDS)}")
         if n < 0:
             raise ValueError(f"error count must be >= 0; got {n}")
-        self.errors[kind] = self.errors.get(kind, 0) + n
+        if n:  # only kinds that happened appear here; Episode.errors lists every kind
+            self.errors[kind] = self.errors.get(kind, 0) + n
 
 
 @dataclass

@@ -75,7 +75,8 @@ def run_episodes(runtime: SwarmRuntime, tasks: list[SwarmTask], prefix: str = "e
 
 
 def episode_metrics(ep: Episode, task: SwarmTask) -> dict[str, float]:
-    """Scores and costs of one episode. ``unfinished`` = assigned subtasks that did not finish."""
+    """Scores and costs of one episode. ``unfinished`` = assigned subtasks that did not finish; ``errors`` =
+    every error the runtime counted in the episode, all kinds together (``Episode.errors`` has them by kind)."""
     s = score_answer(task, ep.answer)
     return {
         "item_f1": s["item_f1"],
@@ -91,6 +92,7 @@ def episode_metrics(ep: Episode, task: SwarmTask) -> dict[str, float]:
         "cutoff": float(ep.cutoff is not None),
         "finished": float(ep.finished),
         "n_rows": float(task.n_rows),
+        "errors": float(ep.n_errors),
     }
 
 

@@ -64,6 +64,12 @@ def summarize(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
                            for m in ("item_f1", "success", "critical_steps", "total_steps", "wall_clock",
                                      "avg_parallel", "unfinished", "cutoff")}
                     for kind in ("wide", "deep")}
+    # errors the runtime counted, mean per held-out episode (0 for result files written before the count)
+    out["errors"] = {who: {kind: g(lambda r, get=get, kind=kind: get(r)[kind].get("errors", 0.0))
+                           for kind in ("wide", "deep")}
+                     for who, get in (("single", lambda r: r["single_unbounded"]), ("single_at_budget",
+                                      lambda r: r["single"]), ("swarm_warm", lambda r: r["swarm_warm"]),
+                                      ("swarm", lambda r: r["variants"]["full"]["eval"]))}
     out["variants"] = {v: {m: g(lambda r, v=v, m=m: r["variants"][v]["eval"]["wide"][m])
                            for m in ("item_f1", "avg_parallel", "n_assigned", "unfinished", "critical_steps")}
                        for v in per_seed[seeds[0]]["variants"]}

@@ -119,6 +119,11 @@ def reproduction_markdown(res: dict[str, Any]) -> str:
         w = s[who]["wide"]
         lines.append(f"| {label} | {_fmt(w['item_f1'], 100)} | {_fmt(w['success'], 100)} | "
                      f"{_fmt(w['critical_steps'])} | {_fmt(w['total_steps'])} | {_fmt(w['wall_clock'])} |")
+    if "errors" in s:  # results written before the runtime counted errors have no such entry
+        lines += ["", "Runtime errors counted per held-out episode, all kinds (wide / deep; see "
+                  "docs/reliability_swarm.md): " + "; ".join(
+                      f"{who} {_fmt(s['errors'][who]['wide'], 1, 2)} / {_fmt(s['errors'][who]['deep'], 1, 2)}"
+                      for who in s["errors"]) + "."]
     lines += ["", "| PARL variant (held out, training budget) | item-F1 | avg parallelism | subagents | unfinished |",
               "|---|---|---|---|---|"]
     for v, d in s["variants"].items():
