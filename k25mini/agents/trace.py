@@ -7,6 +7,11 @@ File format (one JSON object per line; several episodes may share a file)::
     {"type": "stage",   "episode_id", "index", "main", "subs", "agents", "t_start", "t_end"}
     {"type": "step",    "episode_id", ...StepRecord fields}
 
+``summary`` is ``Episode.summary()``: step counts, parallelism, subagent statuses, and the error counters
+``errors`` (every kind of ``runtime.ERROR_KINDS``, zeros included) with their total ``n_errors``. Each agent
+record carries its own ``errors`` (only the kinds that happened); the episode's counters are their sum and
+are recomputed on load. Traces written before the counters existed load with empty counters.
+
 ``StepRecord.info`` entries that are not JSON-serialisable (tensors, ...) are left out and listed under
 ``info["_dropped"]``. ``load_episodes`` rebuilds :class:`Episode` objects whose step counts, critical steps
 and summaries equal the originals'.

@@ -227,3 +227,23 @@ def test_swarm_metrics_report_the_error_total_without_changing_other_numbers():
     assert mc["errors"] == 0.0 and mf["errors"] == float(faulty.n_errors) == 1.0 + STEPS_SUB
     assert mc["item_f1"] == mf["item_f1"] == 1.0
     assert mf["unfinished"] == 2.0 and mc["unfinished"] == 0.0
+
+
+def test_orchestrator_raise_timeout_and_web_errors_are_counted_on_the_main_agent():
+    async def flaky(view):
+        if view.step == 0:
+            raise KeyError("oops")
+        if view.step == 1:
+            await asyncio.sleep(60)
+        if view.step == 2:
+            return ToolCall("browse", {"page_id": "missing"})
+        if view.step == 3:
+            return ToolCall("search", {"query": "x", "k": 0})
+        return ToolCall("finish", {"answer": "ok"})
+
+    cfg = SwarmConfig(latency=LAT, policy_timeout_s=0.2)
+    ep = SwarmRuntime(WEB, ScriptedPolicy(flaky), FaultySub(), cfg).run_sync("task")
+    assert_consistent(ep)
+    assert ep.answer == "ok" and ep.agents["main"].steps == 5
+    assert ep.errors == expected(raised=1, timeout=1, tool_error=1, malformed_call=1)
+    assert ep.agents["main"].errors == {"raised": 1, "timeout": 1, "tool_error": 1, "malformed_call": 1}
