@@ -117,7 +117,9 @@ class SwarmConfig:
     """Limits of one episode. Step limits follow the paper's WideSearch setting by default (100 / 100).
 
     ``context_window`` / ``max_observation`` are in units of ``count`` (characters unless a tokenizer
-    length is given). ``critical_steps_budget=None`` means no budget. Real-time limits (seconds):
+    length is given); a single observation, including a subagent's report to the orchestrator, is cut to
+    ``max_observation`` characters (a cut subagent report counts as a ``truncated`` error).
+    ``critical_steps_budget=None`` means no budget. Real-time limits (seconds):
     ``subagent_timeout_s`` for a whole subagent run, ``policy_timeout_s`` for one ``act`` call of any agent
     (a timed-out main-agent step becomes an error observation). They can only interrupt policies that
     ``await``; a blocking forward pass is not pre-empted.
