@@ -7,7 +7,8 @@
     trainer.fit()
 
 Modules: config (TrainConfig), lr_schedule (warmup + cosine), data (the batch-source contract), checkpoint
-(safetensors + JSON, atomic, sha256-verified, resumable), rng (JSON RNG state), distributed (torchrun / FSDP2), liveplot.
+(safetensors + JSON, atomic, sha256-verified, resumable), rng (JSON RNG state), distributed (torchrun / FSDP2),
+liveplot.
 """
 
 from k25mini.train.checkpoint import (
