@@ -8,7 +8,7 @@ One optimiser step::
         loss, metrics = loss_fn(model, batch)             (bf16 autocast on CUDA only)
         (loss / grad_accum).backward()
     grad_norm = get_total_norm(grads)                     (always computed, for the log)
-    NaN/inf loss or grad_norm -> raise FloatingPointError naming the step and "loss" or the first module with a
+    NaN/inf loss or grad_norm -> raise FloatingPointError naming the step and "loss" or the first parameter with a
                                  non-finite gradient, or (nonfinite="skip") drop the gradients and skip the
                                  optimiser step (the step counter still advances)
     clip_grads_with_norm_(grad_clip)                      (when grad_clip is set)
