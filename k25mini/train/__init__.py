@@ -7,16 +7,19 @@
     trainer.fit()
 
 Modules: config (TrainConfig), lr_schedule (warmup + cosine), data (the batch-source contract), checkpoint
-(safetensors + JSON, atomic, resumable), rng (JSON RNG state), distributed (torchrun / FSDP2), liveplot.
+(safetensors + JSON, atomic, sha256-verified, resumable), rng (JSON RNG state), distributed (torchrun / FSDP2),
+liveplot.
 """
 
 from k25mini.train.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_weights,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from k25mini.train.config import DECAYS, OPTIMIZERS, TrainConfig
 from k25mini.train.data import StatefulBatches, shard_batch, to_device
@@ -27,6 +30,7 @@ from k25mini.train.rng import capture_rng_state, restore_rng_state, seed_everyth
 from k25mini.train.trainer import Callback, Trainer, make_optimizer
 
 __all__ = [
+    "CheckpointError",
     "DECAYS",
     "OPTIMIZERS",
     "Callback",
@@ -51,4 +55,5 @@ __all__ = [
     "shard_batch",
     "shard_model",
     "to_device",
+    "verify_checkpoint",
 ]

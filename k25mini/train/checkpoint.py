@@ -6,13 +6,22 @@ Layout under a checkpoint root (``<out_dir>/checkpoints``)::
         model.safetensors        full (gathered) model state dict
         optimizer.safetensors    optimiser state tensors, key "<param fqn>/<state key>"
         rank_00000.json          per-rank state: RNG states, data-source state
-        state.json               step, config, optimiser scalars and param groups; written LAST
+        state.json               step, config, optimiser scalars and param groups, and (format /2) the
+                                 sha256 and byte size of every other file plus a digest of itself; written LAST
     latest                       text file with the name of the newest complete checkpoint
 
-A checkpoint is first written to ``.tmp-step_XXXXXXXX`` and renamed into place only once every file is
-on disk (fsync'd); ``latest`` is then replaced atomically (write temp file, ``os.replace``). An exception or
-a kill at any point before that leaves ``latest`` naming the previous complete checkpoint. Loading reads
-only safetensors and JSON: nothing is ever unpickled.
+A checkpoint is first written to ``.tmp-step_XXXXXXXX``; the checksums are computed from the files read back
+after fsync, state.json is written and fsync'd, and only then is the directory renamed into place; ``latest``
+is then replaced atomically (write temp file, ``os.replace``), and only after that are checkpoints beyond
+``keep_last`` removed (renamed to ``.del-*`` first, so a kill mid-delete never leaves a partial ``step_*``). An
+exception or a kill at any point leaves ``latest`` naming a complete checkpoint.
+
+Loading verifies the checksums (:func:`verify_checkpoint`): a corrupt, truncated or missing file raises a
+``CheckpointError`` (a ValueError) or FileNotFoundError naming the file. Asking for "the latest" checkpoint
+(:func:`latest_checkpoint`, :func:`resolve_checkpoint` on a root or out_dir, ``Trainer.resume``) falls back to
+the newest checkpoint that verifies: the ``latest`` target first, then older ones, newest first, with a
+warning naming each skipped checkpoint and why. Format /1 checkpoints (no checksums) still load, unverified,
+with a warning. Loading reads only safetensors and JSON: nothing is ever unpickled.
 
 Optimiser state is keyed by parameter name (``torch.distributed.checkpoint.state_dict``), so the same files
 load into one process or into an FSDP2-sharded model on any number of ranks.
@@ -20,10 +29,13 @@ load into one process or into an FSDP2-sharded model on any number of ranks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +62,19 @@ __all__ = [
     "list_checkpoints",
     "load_weights",
     "checkpoint_name",
+    "verify_checkpoint",
+    "CheckpointError",
+    "FORMAT_V1",
 ]
 
-FORMAT = "k25mini.train.checkpoint/1"
+FORMAT = "k25mini.train.checkpoint/2"
+FORMAT_V1 = "k25mini.train.checkpoint/1"  # no checksums; still loadable (unverified)
+_STEP_DIR = re.compile(r"^step_\d{8}$")
+_noted_unverified: set[str] = set()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that fails verification: a corrupt, truncated or inconsistent file (the message names it)."""
 MODEL_FILE, OPTIM_FILE, STATE_FILE, LATEST = "model.safetensors", "optimizer.safetensors", "state.json", "latest"
 
 
@@ -104,6 +126,31 @@ def _replace_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """sha256 of state.json's content without its own digest field, in a canonical JSON form (so a
+    write -> read round trip gives the same digest)."""
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    canon = json.dumps(json.loads(json.dumps(body, allow_nan=True)), sort_keys=True, allow_nan=True)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a directory so that a kill midway leaves no partial ``step_*``: rename to ``.del-*``, then rmtree."""
+    gone = path.with_name(f".del-{path.name}")
+    if gone.exists():
+        shutil.rmtree(gone)
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- (de)serialising state
@@ -186,21 +233,100 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``root/latest``, or None when there is no pointer yet."""
-    ptr = Path(root) / LATEST
-    if not ptr.is_file():
+def verify_checkpoint(path: str | os.PathLike, files: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Check a checkpoint directory against the checksums in its state.json; returns the state dict.
+
+    ``files``: check only these file names (default: every file state.json lists). Raises CheckpointError
+    (a ValueError) naming the file for a corrupt/truncated file or a state.json that is not valid JSON, not
+    of a known format or does not match its own digest; FileNotFoundError naming a missing file. A format /1
+    checkpoint (written before checksums existed) is returned unverified, with a warning the first time."""
+    ckpt = Path(path)
+    sp = ckpt / STATE_FILE
+    try:
+        state = _read_json(sp)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
+        raise CheckpointError(f"{str(sp)!r} is not a {FORMAT} checkpoint state")
+    if state["format"] == FORMAT_V1:
+        if str(ckpt) not in _noted_unverified:
+            _noted_unverified.add(str(ckpt))
+            warnings.warn(f"checkpoint {str(ckpt)!r} predates checksums ({FORMAT_V1}): loaded without verification",
+                          stacklevel=2)
+        return state
+    if state.get("state_sha256") != _state_digest(state):
+        raise CheckpointError(f"{str(sp)!r} does not match its own digest (corrupt or edited)")
+    listed = state.get("files")
+    if not isinstance(listed, dict):
+        raise CheckpointError(f"{str(sp)!r} has no 'files' checksum table")
+    for name in listed if files is None else files:
+        fp = ckpt / name
+        meta = listed.get(name)
+        if meta is None:
+            raise CheckpointError(f"{str(sp)!r} records no checksum for {name!r}")
+        if not fp.is_file():
+            raise FileNotFoundError(f"checkpoint file {str(fp)!r} is missing (listed in state.json)")
+        size = fp.stat().st_size
+        if size != meta["bytes"]:
+            what = "truncated" if size < meta["bytes"] else "longer than written"
+            raise CheckpointError(f"checkpoint file {str(fp)!r} is {what}: {size} bytes on disk, "
+                                  f"{meta['bytes']} recorded in state.json")
+        if _sha256(fp) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint file {str(fp)!r} is corrupt: its sha256 differs from the one "
+                                  "recorded in state.json")
+    return state
+
+
+def latest_checkpoint(root: str | os.PathLike, verify: bool = True) -> Path | None:
+    """The newest usable checkpoint under ``root``; None when there is none at all.
+
+    Candidates: the checkpoint ``root/latest`` names, then the complete checkpoints older than it, newest
+    first (with no readable pointer: every complete checkpoint, newest first). Checkpoints newer than the
+    pointer's target are never used: they can only be left over from an abandoned trajectory or from a kill
+    between the rename and the pointer update. With ``verify`` (default) the first candidate that passes
+    :func:`verify_checkpoint` is returned and each one passed over is named, with its reason, in a warning;
+    CheckpointError when checkpoints exist but none verifies. ``verify=False``: the first candidate as is."""
+    root = Path(root)
+    found = list_checkpoints(root)[::-1]  # newest first
+    ptr = root / LATEST
+    skipped: list[str] = []
+    candidates = found
+    if ptr.is_file():
+        try:
+            name = ptr.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            name = f"<unreadable: {e}>"
+        if _STEP_DIR.match(name) and (root / name / STATE_FILE).is_file():
+            candidates = [root / name] + [p for p in found if p.name < name]
+        else:
+            skipped.append(f"{LATEST} points at {name!r}, which is not a complete checkpoint")
+            if _STEP_DIR.match(name):
+                candidates = [p for p in found if p.name < name]
+    elif not found:
         return None
-    name = ptr.read_text(encoding="utf-8").strip()
-    path = Path(root) / name
-    if not name or "/" in name or not (path / STATE_FILE).is_file():
-        raise ValueError(f"{ptr} points at {name!r}, which is not a complete checkpoint")
-    return path
+    chosen: Path | None = None
+    for c in candidates:
+        if not verify:
+            chosen = c
+            break
+        try:
+            verify_checkpoint(c)
+        except (ValueError, OSError) as e:
+            skipped.append(f"{c.name}: {e}")
+            continue
+        chosen = c
+        break
+    if chosen is None:
+        raise CheckpointError(f"no usable checkpoint under {str(root)!r}: " + "; ".join(skipped or ["none found"]))
+    if skipped:
+        warnings.warn(f"using checkpoint {str(chosen)!r}; passed over: " + "; ".join(skipped), stacklevel=2)
+    return chosen
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory from: the directory itself, a checkpoint root (uses ``latest``), or an out_dir
-    (uses ``out_dir/checkpoints/latest``). FileNotFoundError / ValueError name the path."""
+    """A checkpoint directory from: the directory itself, a checkpoint root, or an out_dir (its
+    ``checkpoints``); for a root or out_dir, :func:`latest_checkpoint` (newest that verifies). FileNotFoundError
+    / ValueError name the path. A checkpoint directory given directly is verified when it is loaded."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint path {str(p)!r} does not exist")
@@ -209,7 +335,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if (p / STATE_FILE).is_file():
         return p
     for root in (p, p / "checkpoints"):
-        if (root / LATEST).is_file():
+        if (root / LATEST).is_file() or list_checkpoints(root):
             found = latest_checkpoint(root)
             assert found is not None
             return found
@@ -242,8 +368,9 @@ def save_checkpoint(
     osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
     if main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():  # debris from an earlier interrupted write of the same step
-            shutil.rmtree(tmp)
+        for debris in root.glob(".*-step_*"):  # left by a kill: .tmp- (unfinished write), .old- / .del- (deletes)
+            if debris.is_dir():
+                shutil.rmtree(debris)
         tmp.mkdir()
     D.barrier()
     try:
@@ -256,6 +383,10 @@ def save_checkpoint(
                 otensors, ometa = _split_optimizer_state(osd)
                 _write_tensors(tmp / OPTIM_FILE, otensors)
                 full_state["optimizer"] = ometa
+            # checksums of the bytes read back after fsync (every rank's file included: shared filesystem)
+            full_state["files"] = {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
+                                   for f in sorted(tmp.iterdir()) if f.name != STATE_FILE}
+            full_state["state_sha256"] = _state_digest(full_state)
             _write_json(tmp / STATE_FILE, full_state)  # last: its presence marks a complete checkpoint
             _fsync_dir(tmp)
             if final.exists():  # re-saving a step (e.g. after a resume): swap the old copy out first
@@ -264,15 +395,16 @@ def save_checkpoint(
                     shutil.rmtree(old)
                 os.replace(final, old)
                 os.replace(tmp, final)
+                _fsync_dir(root)
                 shutil.rmtree(old)
             else:
                 os.replace(tmp, final)
             _fsync_dir(root)
             _replace_text(root / LATEST, final.name + "\n")
-            if keep_last is not None:
+            if keep_last is not None:  # only now: the new checkpoint is complete and ``latest`` names it
                 for old_ckpt in list_checkpoints(root)[:-keep_last]:
                     if old_ckpt != final:
-                        shutil.rmtree(old_ckpt, ignore_errors=True)
+                        _remove_dir(old_ckpt)
     except BaseException:
         if main and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -301,22 +433,25 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_state(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(checkpoint dir, its state.json) with the format checked."""
+    """(checkpoint dir, its state.json) with the format and every checksum verified."""
     ckpt = resolve_checkpoint(path)
-    state = _read_json(ckpt / STATE_FILE)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{str(ckpt / STATE_FILE)!r} is not a {FORMAT} checkpoint state")
-    return ckpt, state
+    return ckpt, verify_checkpoint(ckpt)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> Path:
-    """Load only the model weights of a checkpoint (any of the forms :func:`resolve_checkpoint` takes)."""
-    ckpt = resolve_checkpoint(path)
+def _set_weights(model: nn.Module, ckpt: Path, strict: bool) -> None:
     sd = _read_tensors(ckpt / MODEL_FILE)
     try:
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=strict))
     except RuntimeError as e:
         raise ValueError(f"checkpoint {str(ckpt)!r} does not fit this model: {e}") from e
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> Path:
+    """Load only the model weights of a checkpoint (any of the forms :func:`resolve_checkpoint` takes);
+    model.safetensors is verified against its checksum first."""
+    ckpt = resolve_checkpoint(path)
+    verify_checkpoint(ckpt, files=(MODEL_FILE,))
+    _set_weights(model, ckpt, strict)
     return ckpt
 
 
@@ -325,11 +460,12 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load model (and optimiser) state in place; returns (state.json dict, this rank's rank-state or None).
 
-    Every rank calls it under torch.distributed (full tensors are read by each rank and sharded locally).
-    The rank-state is None when the checkpoint was written by fewer ranks than this rank's index.
+    Every file of the checkpoint is verified first (:func:`verify_checkpoint`). Every rank calls it under
+    torch.distributed (full tensors are read by each rank and sharded locally). The rank-state is None when
+    the checkpoint was written by fewer ranks than this rank's index.
     """
     ckpt, state = read_state(path)
-    load_weights(model, ckpt)
+    _set_weights(model, ckpt, strict=True)
     if optimizer is not None:
         if "optimizer" not in state:
             raise ValueError(f"checkpoint {str(ckpt)!r} has no optimizer state")

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "DECAYS"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "DECAYS", "NONFINITE"]
 
 OPTIMIZERS = ("adamw", "muon", "muonclip")
 DECAYS = ("cosine", "linear", "constant")
+NONFINITE = ("raise", "skip")
 
 
 def _is_int(v: Any) -> bool:
@@ -36,6 +37,14 @@ class TrainConfig:
     ``lr * min_lr_ratio`` at the last step; every param group is scaled by the same factor, so per-group
     base-lr ratios are preserved. ``bf16``: autocast to bfloat16 on CUDA only (never on CPU, so CPU runs
     stay bit-exact float32/float64).
+
+    Numerical guard: ``nonfinite`` says what a step with a NaN/inf loss or gradient does. "raise" (default):
+    FloatingPointError naming the step and "loss" or the first module with a non-finite gradient; the weights,
+    optimiser state and checkpoints are left as they were before that step. "skip": the step's gradients are
+    dropped and the optimiser does not step, but the step counter (so the LR schedule and the data position)
+    advances; skips are logged ("skipped": fraction of the log interval, "skipped_total": running count).
+    ``halt_on_nonfinite`` is the older spelling (True = "raise", False = "skip"); when given it sets
+    ``nonfinite`` and is then reset to None.
     """
 
     steps: int = 1000
@@ -62,7 +71,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = True
     shard_batch: bool = True
-    halt_on_nonfinite: bool = True
+    nonfinite: str = "raise"
+    halt_on_nonfinite: bool | None = None  # deprecated alias of nonfinite (True = "raise", False = "skip")
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -108,7 +118,16 @@ class TrainConfig:
         dev = self.device
         if not (isinstance(dev, str) and (dev == "auto" or dev.split(":")[0] in ("cpu", "cuda"))):
             raise ValueError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        for name in ("bf16", "shard_batch", "halt_on_nonfinite", "progress", "eval_at_end", "save_final"):
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"TrainConfig.nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
+        if self.halt_on_nonfinite is not None:
+            if not isinstance(self.halt_on_nonfinite, bool):
+                raise ValueError(f"TrainConfig.halt_on_nonfinite must be None or bool, got {self.halt_on_nonfinite!r}")
+            if self.halt_on_nonfinite and self.nonfinite == "skip":
+                raise ValueError("TrainConfig.halt_on_nonfinite=True contradicts nonfinite='skip' (use nonfinite only)")
+            self.nonfinite = "raise" if self.halt_on_nonfinite else "skip"
+            self.halt_on_nonfinite = None
+        for name in ("bf16", "shard_batch", "progress", "eval_at_end", "save_final"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.extra, dict):

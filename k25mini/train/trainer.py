@@ -7,7 +7,11 @@ One optimiser step::
         batch = train_data(index)  (or next(train_data))  -> this rank's slice -> device
         loss, metrics = loss_fn(model, batch)             (bf16 autocast on CUDA only)
         (loss / grad_accum).backward()
-    grad_norm = clip_grad_norm_(grad_clip)                (norm always computed, for the log)
+    grad_norm = get_total_norm(grads)                     (always computed, for the log)
+    NaN/inf loss or grad_norm -> raise FloatingPointError naming the step and "loss" or the first parameter with a
+                                 non-finite gradient, or (nonfinite="skip") drop the gradients and skip the
+                                 optimiser step (the step counter still advances)
+    clip_grads_with_norm_(grad_clip)                      (when grad_clip is set)
     optimizer.step()                                      (its step post-hooks: MuonClip's QK-Clip, then the
                                                            aux-loss-free MoE router-bias update if the model
                                                            has MoE layers)
@@ -52,7 +56,8 @@ __all__ = ["Trainer", "Callback", "make_optimizer"]
 
 # config fields that change the trajectory: a resume with different values is warned about
 _TRAJECTORY_FIELDS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "decay", "weight_decay", "grad_clip",
-                      "optimizer", "betas", "eps", "qk_clip_tau", "adamw_lr", "grad_accum", "seed", "shard_batch")
+                      "optimizer", "betas", "eps", "qk_clip_tau", "adamw_lr", "grad_accum", "seed", "shard_batch",
+                      "nonfinite")
 
 
 class Callback:
@@ -153,6 +158,7 @@ class Trainer:
         attach_moe_bias_update(self.optimizer, model, _data_parallel_group())
         remember_base_lr(self.optimizer)
         self.step = 0
+        self.skipped_steps = 0  # steps skipped for a non-finite loss/gradient (TrainConfig.nonfinite="skip")
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
         self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
@@ -267,14 +273,17 @@ class Trainer:
         values = {"loss": vals[0], "grad_norm": vals[1], **dict(zip(keys, vals[2:]))}
         finite = math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])
         where = None if finite else self._nonfinite_source(values["loss"])
-        if not finite and cfg.halt_on_nonfinite:
+        if not finite and cfg.nonfinite == "raise":
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite {where} at step {self.step} (loss {values['loss']}, grad norm "
-                                     f"{values['grad_norm']}); weights not updated (set "
-                                     "TrainConfig.halt_on_nonfinite=False to skip such steps)")
+                                     f"{values['grad_norm']}); weights and optimizer state not updated, no "
+                                     "checkpoint written for this step (TrainConfig.nonfinite='skip' skips such "
+                                     "steps instead)")
         if not finite:
+            self.skipped_steps += 1
             warnings.warn(f"step {self.step}: non-finite {where}; step skipped (weights and optimizer state "
-                          "unchanged; counted in the logged 'skipped')", RuntimeWarning, stacklevel=2)
+                          "unchanged; counted in the logged 'skipped' and 'skipped_total')", RuntimeWarning,
+                          stacklevel=2)
         if finite:
             if params and math.isfinite(max_norm):
                 torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
@@ -336,6 +345,7 @@ class Trainer:
         if self.ckpt_root is None:
             raise ValueError("save_checkpoint needs TrainConfig.out_dir")
         state = {"config": self.config.to_dict(), "optimizer_class": type(self.optimizer).__name__,
+                 "skipped_steps": self.skipped_steps,
                  # where it ran: floating-point results can differ in the last digits across thread counts
                  "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                          "device": str(self.device), "world_size": D.world_size()}}
@@ -351,7 +361,8 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike = "latest") -> int:
         """Restore model, optimiser, step, RNG and data state; returns the step. ``path="latest"``: the newest
-        checkpoint of ``out_dir``; otherwise a checkpoint dir, a checkpoints root or an out_dir."""
+        checkpoint of ``out_dir`` that verifies; otherwise a checkpoint dir (verified: CheckpointError or
+        FileNotFoundError naming a damaged file), a checkpoints root or an out_dir (newest that verifies)."""
         if str(path) == "latest":
             if self.ckpt_root is None:
                 raise ValueError("load_checkpoint('latest') needs TrainConfig.out_dir")
@@ -369,17 +380,21 @@ class Trainer:
             restore_rng_state(rank_state["rng"])
             self.source.load_state_dict(rank_state.get("data"))
         self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self._interval, self._interval_n = {}, 0
         self._truncate_metrics(self.step)
         return self.step
 
     def resume(self) -> bool:
-        """Load ``out_dir``'s latest checkpoint if there is one; returns whether it did."""
+        """Load ``out_dir``'s newest checkpoint that verifies (see :func:`~k25mini.train.checkpoint.
+        latest_checkpoint`: damaged ones are passed over with a warning); returns whether there was one.
+        Checkpoints that exist but none of which verifies raise CheckpointError rather than restarting."""
         from k25mini.train.checkpoint import latest_checkpoint
 
-        if self.ckpt_root is None or latest_checkpoint(self.ckpt_root) is None:
+        found = latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+        if found is None:
             return False
-        self.load_checkpoint("latest")
+        self.load_checkpoint(found)
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -413,7 +428,7 @@ class Trainer:
                     n = self._interval_n
                     record = {"step": self.step, "split": "train",
                               **{k: v / n for k, v in self._interval.items()}, "lr": values["lr"],
-                              "time_s": time.perf_counter() - t_start,
+                              "skipped_total": self.skipped_steps, "time_s": time.perf_counter() - t_start,
                               "steps_per_s": (self.step - start_step) / max(time.perf_counter() - t_start, 1e-9)}
                     self._interval, self._interval_n = {}, 0
                     self._write_record(record)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 import k25mini.train.checkpoint as ckpt_mod
 from k25mini.train import (
+    CheckpointError,
     TrainConfig,
     Trainer,
     capture_rng_state,
@@ -20,6 +23,7 @@ from k25mini.train import (
     load_weights,
     resolve_checkpoint,
     restore_rng_state,
+    verify_checkpoint,
 )
 from k25mini.train.toy import TinyCharMLP, ToyStream, toy_batch_at, toy_loss
 
@@ -259,29 +263,144 @@ def test_bad_paths_name_the_path(tmp_path):
         no_out.load_checkpoint("latest")
 
 
-@pytest.mark.parametrize("damage", ["state_json", "model_file", "missing_optim", "pointer", "wrong_model"])
+@pytest.mark.parametrize("damage", ["state_json", "model_file", "missing_optim", "wrong_model"])
 def test_corrupt_checkpoints_raise_clearly(tmp_path, damage):
+    """The only checkpoint is damaged: there is nothing to fall back to, so loading raises naming the file."""
     tr = _quick_trainer(tmp_path)
     tr.fit(until=2)
     ck = tmp_path / "checkpoints" / "step_00000002"
     target: object = tr
     if damage == "state_json":
         (ck / "state.json").write_text("{not json")
-        err, needle = ValueError, "state.json"
+        err, needle = CheckpointError, "state.json"
     elif damage == "model_file":
         (ck / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
-        err, needle = ValueError, "model.safetensors"
+        err, needle = CheckpointError, "model.safetensors"
     elif damage == "missing_optim":
         (ck / "optimizer.safetensors").unlink()
-        err, needle = FileNotFoundError, "optimizer.safetensors"
-    elif damage == "pointer":
-        (tmp_path / "checkpoints" / "latest").write_text("step_00000099\n")
-        err, needle = ValueError, "step_00000099"
+        with pytest.raises(FileNotFoundError, match="optimizer.safetensors"):
+            tr.load_checkpoint(ck)  # a checkpoint named directly: the plain error
+        err, needle = CheckpointError, "optimizer.safetensors"
     else:
         target = Trainer(TinyCharMLP(hidden=8), toy_loss, toy_batch_at, _cfg(tmp_path, progress=False))
         err, needle = ValueError, "step_00000002"
     with pytest.raises(err, match=needle):
         target.load_checkpoint("latest")
+    if damage != "wrong_model":
+        with pytest.raises(CheckpointError, match="no usable checkpoint"):
+            _quick_trainer(tmp_path).resume()  # never a silent restart from scratch over a damaged run
+
+
+def _flip_byte(path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGES = {
+    "model_bitflip": ("model.safetensors", _flip_byte, "corrupt"),
+    "model_truncated": ("model.safetensors", _truncate, "truncated"),
+    "optim_bitflip": ("optimizer.safetensors", lambda p: _flip_byte(p, 0.9), "corrupt"),
+    "optim_truncated": ("optimizer.safetensors", _truncate, "truncated"),
+    "optim_padded": ("optimizer.safetensors", lambda p: p.write_bytes(p.read_bytes() + b"\0"), "longer"),
+    "rank_edited": ("rank_00000.json", lambda p: p.write_text(p.read_text().replace('"pos"', '"pos" ')), "bytes"),
+    "state_truncated": ("state.json", _truncate, "not valid JSON"),
+    "state_edited": ("state.json", lambda p: p.write_text(p.read_text().replace('"step": 4', '"step": 5')), "digest"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_checksums_detect_damage_and_latest_falls_back(tmp_path, damage):
+    fname, hurt, needle = DAMAGES[damage]
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=4)  # checkpoints at steps 2 and 4
+    root = tmp_path / "checkpoints"
+    bad = root / "step_00000004"
+    state = json.loads((bad / "state.json").read_text())
+    assert state["format"] == ckpt_mod.FORMAT
+    assert set(state["files"]) == {"model.safetensors", "optimizer.safetensors", "rank_00000.json"}
+    assert state["files"]["model.safetensors"]["sha256"] == hashlib.sha256(
+        (bad / "model.safetensors").read_bytes()).hexdigest()
+    verify_checkpoint(bad)  # intact: passes
+    hurt(bad / fname)
+    with pytest.raises(CheckpointError, match=needle) as exc:
+        verify_checkpoint(bad)
+    assert fname in str(exc.value)
+    with pytest.raises(CheckpointError, match=fname):
+        _quick_trainer(tmp_path).load_checkpoint(bad)  # named directly: no fallback
+    if fname == "model.safetensors":
+        with pytest.raises(CheckpointError, match=fname):
+            load_weights(TinyCharMLP(), bad)
+    # "latest" (pointer, root, out_dir, resume) passes over the damaged one, says so, and uses step 2
+    with pytest.warns(UserWarning, match=r"passed over: step_00000004: .*" + needle):
+        assert latest_checkpoint(root).name == "step_00000002"
+    fresh = _quick_trainer(tmp_path)
+    with pytest.warns(UserWarning, match="step_00000004"):
+        assert fresh.resume() is True
+    assert fresh.step == 2
+    with pytest.warns(UserWarning, match="step_00000004"):
+        assert resolve_checkpoint(tmp_path).name == "step_00000002"
+
+
+def test_pointer_to_missing_checkpoint_falls_back_and_newer_dirs_are_ignored(tmp_path):
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=6)
+    root = tmp_path / "checkpoints"
+    (root / "latest").write_text("step_00000004\n")  # a kill between the rename of step 6 and the pointer update
+    assert latest_checkpoint(root).name == "step_00000004"  # the pointer's target wins over a newer dir
+    (root / "latest").write_text("step_00000099\n")
+    with pytest.warns(UserWarning, match="step_00000099"):
+        assert latest_checkpoint(root).name == "step_00000006"
+    (root / "latest").write_bytes(b"\xff\xfe")
+    with pytest.warns(UserWarning, match="not a complete checkpoint"):
+        assert latest_checkpoint(root).name == "step_00000006"
+    (root / "latest").unlink()  # a kill before the very first pointer write: the newest complete one
+    assert latest_checkpoint(root).name == "step_00000006"
+    assert latest_checkpoint(tmp_path / "nothing_here") is None
+
+
+def test_format_1_checkpoint_without_checksums_still_loads(tmp_path):
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+    ck = tmp_path / "checkpoints" / "step_00000002"
+    state = json.loads((ck / "state.json").read_text())
+    for k in ("files", "state_sha256"):
+        del state[k]
+    state["format"] = ckpt_mod.FORMAT_V1
+    (ck / "state.json").write_text(json.dumps(state))
+    fresh = _quick_trainer(tmp_path)
+    with pytest.warns(UserWarning, match="predates checksums"):
+        assert fresh.load_checkpoint(ck) == 2
+    _assert_bit_identical(fresh.model, tr.model)
+
+
+def test_keep_last_deletes_without_leaving_partial_checkpoints(tmp_path, monkeypatch):
+    """A kill while an old checkpoint is deleted leaves a .del-* dir, never a step_* with missing files."""
+    tr = _quick_trainer(tmp_path, keep_last=1)
+    tr.fit(until=2)
+    root = tmp_path / "checkpoints"
+    real_rmtree = ckpt_mod.shutil.rmtree
+
+    def killed_rmtree(path, *a, **k):
+        if Path(path).name.startswith(".del-"):
+            (Path(path) / "model.safetensors").unlink()  # got this far, then the "kill"
+            raise KeyboardInterrupt("killed mid-delete")
+        real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(until=4)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000004"]
+    assert (root / ".del-step_00000002").is_dir()
+    assert latest_checkpoint(root).name == "step_00000004"
+    tr.fit(until=6)  # the next save clears the debris
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000006"]
 
 
 def test_loading_never_unpickles(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def _cfg(**kw) -> TrainConfig:
     [("steps", 0), ("steps", 2.5), ("lr", 0.0), ("lr", float("nan")), ("min_lr_ratio", 1.5), ("warmup_steps", -1),
      ("grad_accum", 0), ("grad_clip", 0.0), ("optimizer", "sgd"), ("decay", "step"), ("betas", (0.9, 1.0)),
      ("keep_last", 0), ("log_every", -2), ("device", "tpu"), ("bf16", "yes"), ("weight_decay", -0.1),
-     ("qk_clip_tau", 0), ("adamw_lr", -1.0), ("eps", 0.0)],
+     ("qk_clip_tau", 0), ("adamw_lr", -1.0), ("eps", 0.0), ("nonfinite", "ignore"), ("halt_on_nonfinite", 1)],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}"):
@@ -232,6 +232,90 @@ def test_nonfinite_gradient_names_its_parameter(value):
     assert flags == [0.0, 0.0, 1.0, 0.0]
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # and training went on
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_option_and_its_old_spelling():
+    assert TrainConfig().nonfinite == "raise"
+    assert TrainConfig(halt_on_nonfinite=False).nonfinite == "skip"
+    c = TrainConfig(halt_on_nonfinite=True)
+    assert c.nonfinite == "raise" and c.halt_on_nonfinite is None
+    assert c.replace(nonfinite="skip").nonfinite == "skip"
+    with pytest.raises(ValueError, match="halt_on_nonfinite"):
+        TrainConfig(halt_on_nonfinite=True, nonfinite="skip")
+    old = TrainConfig().to_dict()
+    old.pop("nonfinite")
+    old["halt_on_nonfinite"] = False  # a config saved in a checkpoint before the option existed
+    assert TrainConfig.from_dict(old).nonfinite == "skip"
+
+
+def _nan_loss_at(step_to_break: int, trainer_ref: list):
+    def loss_fn(model, batch):
+        loss, m = toy_loss(model, batch)
+        if trainer_ref[0].step == step_to_break:
+            loss = loss * float("nan")
+        return loss, m
+
+    return loss_fn
+
+
+def _inf_grad_hook_at(step_to_break: int, trainer_ref: list):
+    def hook(grad):
+        if trainer_ref[0].step != step_to_break:
+            return grad
+        grad = grad.clone()
+        grad.view(-1)[3] = float("inf")
+        return grad
+
+    return hook
+
+
+@pytest.mark.parametrize("inject", ["loss", "grad"])
+def test_nonfinite_raise_names_step_and_module_and_writes_no_checkpoint(tmp_path, inject):
+    torch.manual_seed(0)
+    model = TinyCharMLP()
+    ref: list = [None]
+    loss_fn = _nan_loss_at(3, ref) if inject == "loss" else toy_loss
+    if inject == "grad":
+        model.blocks[1].weight.register_hook(_inf_grad_hook_at(3, ref))
+    tr = Trainer(model, loss_fn, toy_batch_at, _cfg(out_dir=str(tmp_path), ckpt_every=1, grad_clip=1.0))
+    ref[0] = tr
+    snapshots = {}
+    tr.callbacks.append(type("Snap", (), {"on_checkpoint": lambda self, t, p: snapshots.update(
+        {t.step: [q.detach().clone() for q in t.model.parameters()]})})())
+    needle = r"non-finite loss at step 3" if inject == "loss" else (
+        r"non-finite gradient in parameter 'blocks\.1\.weight' \(module 'blocks\.1'\) at step 3")
+    with pytest.raises(FloatingPointError, match=needle):
+        tr.fit()
+    assert tr.step == 3
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert ckpts[-1] == "step_00000003"  # the last good step; nothing written for the failed one
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[3], model.parameters()))  # weights untouched
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("inject", ["loss", "grad"])
+def test_nonfinite_skip_keeps_weights_that_step_and_continues(inject):
+    torch.manual_seed(0)
+    model = TinyCharMLP()
+    ref: list = [None]
+    loss_fn = _nan_loss_at(2, ref) if inject == "loss" else toy_loss
+    if inject == "grad":
+        model.embed.weight.register_hook(_inf_grad_hook_at(2, ref))
+    tr = Trainer(model, loss_fn, toy_batch_at, _cfg(nonfinite="skip", steps=5, grad_clip=1.0))
+    ref[0] = tr
+    before = {}
+    tr.post_step.append(lambda t: before.update({t.step: [p.detach().clone() for p in t.model.parameters()]}))
+    tr.fit(until=2)
+    after_2 = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(RuntimeWarning, match="step 2: non-finite .*step skipped"):
+        tr.fit(until=3)  # the poisoned step: skipped
+    assert all(torch.equal(a, b) for a, b in zip(after_2, model.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    tr.fit()  # and training goes on
+    assert tr.step == 5 and any(not torch.equal(a, b) for a, b in zip(after_2, model.parameters()))
+    assert [r["skipped"] for r in tr.history] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [r["skipped_total"] for r in tr.history] == [0, 0, 1, 1, 1]
+    assert tr.skipped_steps == 1 and sorted(before) == [0, 1, 3, 4]  # post_step hooks ran only on real steps
 
 
 def test_bad_inputs_raise_value_errors():
