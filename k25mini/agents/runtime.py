@@ -37,6 +37,7 @@ latency × scale real seconds, so concurrency can be observed on a real clock.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -77,8 +78,9 @@ UNFINISHED = ("step_limit", "budget", "error", "timeout", "invalid_answer")
 #: What the runtime counts, per agent, when something goes wrong (see ``AgentRecord.errors``):
 #: ``raised``: a policy (or the code around a subagent) raised an exception;
 #: ``timeout``: a policy step ran past ``policy_timeout_s`` or a subagent past ``subagent_timeout_s``;
-#: ``garbage``: a policy returned something that is neither text nor tool calls (None, a number, ...), or a
-#: subagent's final answer failed ``validate_answer``;
+#: ``garbage``: a policy returned something that is neither text nor tool calls (None, a number, ...), a
+#: malformed call object (ToolCall args not a JSON-encodable dict, name not a string; Action text / info / calls
+#: of the wrong type), or a subagent's final answer failed ``validate_answer``;
 #: ``truncated``: a subagent's report was longer than ``max_observation`` and was cut before it entered the
 #: orchestrator's context;
 #: ``malformed_call``: a tool call that could not be parsed (bad JSON, missing markers), names an unknown or
@@ -358,6 +360,34 @@ def _check_args(call: ToolCall) -> str | None:
     return None
 
 
+def _being_cancelled() -> bool:
+    """True when the running task has been asked to cancel (Python >= 3.11), i.e. a CancelledError seen now
+    is the runtime's own cancellation (a subagent timeout, or the caller cancelling the episode) and must
+    propagate. On Python 3.10 every CancelledError is treated as such."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
+def _bad_calls(calls: Any, where: str) -> str | None:
+    """None when ``calls`` is a list (or tuple) of well-formed ToolCall objects (a string name, a dict of
+    JSON-serialisable arguments), else what is wrong with the first bad one."""
+    if not isinstance(calls, (list, tuple)):
+        return f"{where} must be a list of ToolCall, got {type(calls).__name__}"
+    for c in calls:
+        if not isinstance(c, ToolCall):
+            return f"{where} must be ToolCall, got {c!r}"[:300]
+        if not isinstance(c.name, str):
+            return f"ToolCall.name must be a string, got {type(c.name).__name__}"
+        if not isinstance(c.args, dict):
+            return f"ToolCall.args of {c.name!r} must be a dict, got {type(c.args).__name__}"
+        try:
+            json.dumps(c.args)
+        except (TypeError, ValueError) as e:
+            return f"ToolCall.args of {c.name!r} are not JSON-serialisable ({e})"[:300]
+    return None
+
+
 def _close_turn(ctx: ContextWindow, rec: StepRecord, out: _Outcome, messages: list[Message], assigned: bool) -> None:
     """End an agent's turn: add parse errors (or a nudge when no tool was called) to the observations,
     append them all to the context window and record them on the step."""
@@ -585,6 +615,15 @@ class SwarmRuntime:
         except asyncio.TimeoutError:
             ar.status, ar.error = "timeout", f"no answer within {self.config.subagent_timeout_s} s"
             ar.count_error("timeout")
+            # the step the subagent was in when it was cut off: left open by the cancellation, closed here
+            open_step = next((s for s in reversed(run.episode.steps) if s.agent_id == ar.agent_id), None)
+            if open_step is not None and open_step.kind == "none" and not open_step.observations:
+                open_step.kind, open_step.errors = "error", [f"error: {ar.error}"]
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            ar.status, ar.error = "error", "CancelledError raised inside the subagent"
+            ar.count_error("raised")
         except Exception as e:  # a bug in a policy adapter or web must not kill the episode
             ar.status, ar.error = "error", f"{type(e).__name__}: {e}"
             ar.count_error("raised")
@@ -699,23 +738,36 @@ class SwarmRuntime:
         except asyncio.TimeoutError:
             msg = f"error: policy gave no output within {self.config.policy_timeout_s} s"
             return _Outcome("", [], [msg], {"policy_error": msg}, "timeout")
+        except asyncio.CancelledError:
+            if _being_cancelled():  # the runtime itself is cancelling this agent (subagent timeout): let it
+                raise
+            msg = "error: policy raised CancelledError"  # the policy's own, not a cancellation of the run
+            return _Outcome("", [], [msg], {"policy_error": msg}, "raised")
         except Exception as e:
             msg = f"error: policy raised {type(e).__name__}: {e}"
             return _Outcome("", [], [msg], {"policy_error": msg}, "raised")
         info: dict[str, Any] = {}
         if isinstance(raw, Action):
+            if not isinstance(raw.info, dict):
+                return _Outcome("", [], [f"error: Action.info must be a dict, got {type(raw.info).__name__}"], info,
+                                "garbage")
             info = dict(raw.info)
             if raw.calls is not None:
-                bad = [c for c in raw.calls if not isinstance(c, ToolCall)]
-                if bad:
-                    return _Outcome(raw.text, [], [f"error: Action.calls must be ToolCall, got {bad[0]!r}"], info,
-                                    "garbage")
+                problem = _bad_calls(raw.calls, "Action.calls")
+                if problem is None and not isinstance(raw.text, str):
+                    problem = f"Action.text must be a string, got {type(raw.text).__name__}"
+                if problem is not None:
+                    text = raw.text if isinstance(raw.text, str) else ""
+                    return _Outcome(text, [], [f"error: {problem}"], info, "garbage")
                 # explicit calls: ``text`` is free commentary; the context shows it followed by the calls
                 return _Outcome(raw.text + format_tool_calls(raw.calls, self.fmt), list(raw.calls), [], info)
             raw = raw.text
         if isinstance(raw, ToolCall):
             raw = [raw]
         if isinstance(raw, list) and all(isinstance(c, ToolCall) for c in raw):
+            problem = _bad_calls(raw, "the tool calls")
+            if problem is not None:
+                return _Outcome("", [], [f"error: {problem}"], info, "garbage")
             return _Outcome(format_tool_calls(raw, self.fmt), list(raw), [], info)
         if not isinstance(raw, str):
             return _Outcome(repr(raw)[:200], [], [f"error: policy returned {type(raw).__name__}, expected text "
@@ -740,7 +792,9 @@ class SwarmRuntime:
                 return Message("tool", truncate(text, cfg.max_observation), call.name, call.args, hits), t
             page = await maybe_await(self.web.browse(call.args["page_id"]))
             return Message("tool", render_page(page), call.name, call.args, page), t
-        except Exception as e:
+        except (Exception, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError) and _being_cancelled():
+                raise
             agent.count_error("tool_error")
             return Message("tool", f"error: {call.name} failed: {type(e).__name__}: {e}", call.name, call.args), t
 

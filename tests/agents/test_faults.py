@@ -9,11 +9,13 @@ Timeouts are short with wide slack; the assertions are on classification, never 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from k25mini.agents import (
     ERROR_KINDS,
+    Action,
     AgentRecord,
     FakeWeb,
     LatencyModel,
@@ -247,3 +249,93 @@ def test_orchestrator_raise_timeout_and_web_errors_are_counted_on_the_main_agent
     assert ep.answer == "ok" and ep.agents["main"].steps == 5
     assert ep.errors == expected(raised=1, timeout=1, tool_error=1, malformed_call=1)
     assert ep.agents["main"].errors == {"raised": 1, "timeout": 1, "tool_error": 1, "malformed_call": 1}
+
+
+# ------------------------------------------------------------------------ malformed call objects, CancelledError
+
+BAD_OBJECTS = {
+    "args_none": ToolCall("finish", None),
+    "args_list": ToolCall("search", ["x"]),
+    "name_not_str": ToolCall(123, {}),
+    "args_not_json": ToolCall("search", {"query": object()}),
+    "action_text_none": Action(text=None, calls=[ToolCall("finish", {"answer": "x"})]),
+    "action_info_not_dict": Action(text="", calls=[ToolCall("finish", {"answer": "x"})], info=5),
+    "action_calls_not_list": Action(text="", calls=ToolCall("finish", {"answer": "x"})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_OBJECTS))
+def test_malformed_call_objects_from_the_orchestrator_are_garbage_not_a_crash(name):
+    """These outputs used to raise out of ``run`` (TypeError in argument checks or json.dumps)."""
+    script = [BAD_OBJECTS[name], ToolCall("finish", {"answer": "done"})]
+    ep = SwarmRuntime(WEB, ScriptedPolicy(lambda v: script[v.step]), FaultySub(),
+                      SwarmConfig(latency=LAT)).run_sync("task")
+    assert_consistent(ep)
+    assert ep.answer == "done" and ep.errors == expected(garbage=1)
+    first = ep.steps[0]
+    assert first.kind == "error" and first.calls == [] and first.observations[0].startswith("error: ")
+
+
+def test_malformed_call_objects_from_a_subagent_are_garbage_and_good_results_are_kept():
+    bad = ToolCall("finish", None)
+
+    def sub(view):
+        return bad if view.task == "bad" else ToolCall("finish", {"answer": f"result of {view.task}"})
+
+    cfg = SwarmConfig(latency=LAT, max_steps_sub=STEPS_SUB, max_observation=MAX_OBS)
+    ep = SwarmRuntime(WEB, fan_out(["good1", "bad", "good2"]), ScriptedPolicy(sub), cfg).run_sync("task")
+    assert_consistent(ep)
+    bad_rec = next(a for a in ep.subagents if a.task == "bad")
+    assert bad_rec.status == "step_limit" and bad_rec.errors == {"garbage": STEPS_SUB}
+    assert ep.answer == "result of good1\nresult of good2"
+
+
+def test_a_policy_raising_cancelled_error_is_counted_as_raised():
+    """A CancelledError raised by a policy (not a cancellation of the episode) used to escape ``gather`` and
+    abort the whole episode."""
+
+    async def sub(view):
+        if view.task == "cancel":
+            raise asyncio.CancelledError()
+        return ToolCall("finish", {"answer": f"result of {view.task}"})
+
+    async def web_cancel(query, k):
+        raise asyncio.CancelledError()
+
+    workers = fan_out(["good1", "cancel"]).fn  # steps 0-2: create, assign both, answer
+
+    def orch(view):
+        if view.step == 0:
+            raise asyncio.CancelledError()
+        if view.step == 1:
+            return ToolCall("search", {"query": "x"})
+        return workers(replace(view, step=view.step - 2))
+
+    web = FakeWeb({"p1": "item1\nvalue1"})
+    web.search = web_cancel
+    ep = SwarmRuntime(web, ScriptedPolicy(orch), ScriptedPolicy(sub), SwarmConfig(latency=LAT)).run_sync("task")
+    assert_consistent(ep)
+    assert ep.answer == "result of good1"
+    assert ep.agents["main"].errors == {"raised": 1, "tool_error": 1}
+    cancelled = next(a for a in ep.subagents if a.task == "cancel")
+    assert cancelled.status == "error" and cancelled.errors == {"raised": 1}
+    assert ep.errors == expected(raised=2, tool_error=1)
+
+
+def test_a_real_cancellation_of_the_episode_still_propagates():
+    async def hang(view):
+        await asyncio.sleep(60)
+
+    rt = SwarmRuntime(WEB, ScriptedPolicy(hang), FaultySub(), SwarmConfig(latency=LAT))
+
+    async def main():
+        await asyncio.wait_for(rt.run("task"), 0.2)
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(main())
+
+
+def test_the_step_a_timed_out_subagent_was_in_is_closed_as_an_error():
+    ep, sub = run(["good1", "hang"], subagent_timeout_s=0.2)
+    hung = [s for s in ep.steps if s.agent_id == sub["hang"].agent_id]
+    assert len(hung) == 1 and hung[0].kind == "error" and "no answer within 0.2 s" in hung[0].errors[0]
