@@ -13,8 +13,11 @@ Layout under a checkpoint root (``<out_dir>/checkpoints``)::
 A checkpoint is first written to ``.tmp-step_XXXXXXXX``; the checksums are computed from the files read back
 after fsync, state.json is written and fsync'd, and only then is the directory renamed into place; ``latest``
 is then replaced atomically (write temp file, ``os.replace``), and only after that are checkpoints beyond
-``keep_last`` removed (renamed to ``.del-*`` first, so a kill mid-delete never leaves a partial ``step_*``). An
-exception or a kill at any point leaves ``latest`` naming a complete checkpoint.
+``keep_last`` removed (renamed to ``.del-*`` first, so a kill mid-delete never leaves a partial ``step_*``), along
+with checkpoints of later steps than the new one (an abandoned trajectory). Re-saving an existing step moves the
+old copy to ``.old-step_N`` before renaming the new one in; if a kill falls between the two renames, the old
+copy is what "the latest" resolves to, and the next save puts it back. An exception or a kill at any point
+leaves ``latest`` naming a complete checkpoint, or (in that one window) its previous copy.
 
 Loading verifies the checksums (:func:`verify_checkpoint`): a corrupt, truncated or missing file raises a
 ``CheckpointError`` (a ValueError) or FileNotFoundError naming the file. Asking for "the latest" checkpoint
@@ -75,6 +78,8 @@ _noted_unverified: set[str] = set()
 
 class CheckpointError(ValueError):
     """A checkpoint that fails verification: a corrupt, truncated or inconsistent file (the message names it)."""
+
+
 MODEL_FILE, OPTIM_FILE, STATE_FILE, LATEST = "model.safetensors", "optimizer.safetensors", "state.json", "latest"
 
 
@@ -251,7 +256,7 @@ def verify_checkpoint(path: str | os.PathLike, files: tuple[str, ...] | None = N
     if state["format"] == FORMAT_V1:
         if str(ckpt) not in _noted_unverified:
             _noted_unverified.add(str(ckpt))
-            warnings.warn(f"checkpoint {str(ckpt)!r} predates checksums ({FORMAT_V1}): loaded without verification",
+            warnings.warn(f"checkpoint {str(ckpt)!r} predates checksums ({FORMAT_V1}): used without verification",
                           stacklevel=2)
         return state
     if state.get("state_sha256") != _state_digest(state):
@@ -283,9 +288,11 @@ def latest_checkpoint(root: str | os.PathLike, verify: bool = True) -> Path | No
     Candidates: the checkpoint ``root/latest`` names, then the complete checkpoints older than it, newest
     first (with no readable pointer: every complete checkpoint, newest first). Checkpoints newer than the
     pointer's target are never used: they can only be left over from an abandoned trajectory or from a kill
-    between the rename and the pointer update. With ``verify`` (default) the first candidate that passes
-    :func:`verify_checkpoint` is returned and each one passed over is named, with its reason, in a warning;
-    CheckpointError when checkpoints exist but none verifies. ``verify=False``: the first candidate as is."""
+    between the rename and the pointer update. When the pointer's target is missing but its ``.old-`` copy is
+    complete (a kill between the two renames of a re-save), that copy comes first. With ``verify`` (default)
+    the first candidate that passes :func:`verify_checkpoint` is returned and each one passed over is named,
+    with its reason, in a warning; CheckpointError when checkpoints exist but none verifies.
+    ``verify=False``: the first candidate as is."""
     root = Path(root)
     found = list_checkpoints(root)[::-1]  # newest first
     ptr = root / LATEST
@@ -302,6 +309,9 @@ def latest_checkpoint(root: str | os.PathLike, verify: bool = True) -> Path | No
             skipped.append(f"{LATEST} points at {name!r}, which is not a complete checkpoint")
             if _STEP_DIR.match(name):
                 candidates = [p for p in found if p.name < name]
+                prev = root / f".old-{name}"  # a kill between the two renames of a re-save: its previous copy
+                if (prev / STATE_FILE).is_file():
+                    candidates.insert(0, prev)
     elif not found:
         return None
     chosen: Path | None = None
@@ -344,6 +354,34 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- save / load
+def _clear_debris(root: Path) -> None:
+    """Tidy what a kill left under ``root``: ``.tmp-step_N`` (an unfinished write) and ``.del-step_N`` (an
+    unfinished delete) are removed; ``.old-step_N`` (the previous copy of a step being re-saved) is put back
+    as ``step_N`` when the new copy never arrived, since it may be what ``latest`` names, and removed otherwise."""
+    for debris in sorted(root.glob(".*-step_*")):
+        if not debris.is_dir():
+            continue
+        kind, _, name = debris.name.partition("-")
+        if kind == ".old" and _STEP_DIR.match(name) and not (root / name).exists() \
+                and (debris / STATE_FILE).is_file():
+            os.replace(debris, root / name)
+            _fsync_dir(root)
+        else:
+            shutil.rmtree(debris)
+
+
+def _prune(root: Path, final: Path, keep_last: int) -> None:
+    """After ``final`` is complete and ``latest`` names it: keep it and the ``keep_last - 1`` newest checkpoints
+    before it. Checkpoints of later steps are removed too: ``latest`` never reaches them again (they belong to a
+    trajectory abandoned by resuming from an earlier step), and left in place they would later count as
+    fallbacks that do not belong to this run."""
+    ckpts = list_checkpoints(root)
+    older = [p for p in ckpts if p.name < final.name]
+    newer = [p for p in ckpts if p.name > final.name]
+    for p in newer + older[: max(len(older) - (keep_last - 1), 0)]:
+        _remove_dir(p)
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -357,7 +395,8 @@ def save_checkpoint(
 
     Collective under torch.distributed (every rank calls it): state dicts are gathered to full tensors, rank 0
     writes them, every rank writes its own ``rank_XXXXX.json`` (``rank_state``: JSON-able). ``state`` (JSON-able)
-    goes to state.json. ``keep_last``: delete older complete checkpoints beyond the newest N.
+    goes to state.json. ``keep_last``: once the new checkpoint is in place, keep it and the ``keep_last - 1``
+    newest ones before it; older ones, and any of later steps (an abandoned trajectory), are deleted.
     """
     root = Path(root)
     r, main = D.rank(), D.rank() == 0
@@ -368,9 +407,7 @@ def save_checkpoint(
     osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
     if main:
         root.mkdir(parents=True, exist_ok=True)
-        for debris in root.glob(".*-step_*"):  # left by a kill: .tmp- (unfinished write), .old- / .del- (deletes)
-            if debris.is_dir():
-                shutil.rmtree(debris)
+        _clear_debris(root)
         tmp.mkdir()
     D.barrier()
     try:
@@ -402,9 +439,7 @@ def save_checkpoint(
             _fsync_dir(root)
             _replace_text(root / LATEST, final.name + "\n")
             if keep_last is not None:  # only now: the new checkpoint is complete and ``latest`` names it
-                for old_ckpt in list_checkpoints(root)[:-keep_last]:
-                    if old_ckpt != final:
-                        _remove_dir(old_ckpt)
+                _prune(root, final, keep_last)
     except BaseException:
         if main and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import random
 from pathlib import Path
@@ -239,6 +240,59 @@ def test_keep_last_and_resave_same_step(tmp_path):
     assert (root / "step_00000008" / "model.safetensors").read_bytes() == before
     assert latest_checkpoint(root).name == "step_00000008"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000006", "step_00000008"]
+
+
+@pytest.mark.parametrize("keep_last", [1, 2])
+def test_kill_between_the_renames_of_a_resave_loses_nothing(tmp_path, monkeypatch, keep_last):
+    """Re-saving the step ``latest`` names moves the old copy to .old-step_N, then the new one in. A kill between
+    the two renames leaves no step_N: the old copy is used (with a warning) and put back by the next save."""
+    tr = _quick_trainer(tmp_path, keep_last=keep_last)
+    tr.fit(until=4)
+    root = tmp_path / "checkpoints"
+    before = {f: (root / "step_00000004" / f).read_bytes() for f in ("model.safetensors", "optimizer.safetensors")}
+    real_replace = os.replace
+
+    def killed_replace(src, dst):
+        if Path(src).name == ".tmp-step_00000004":
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", killed_replace)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save_checkpoint()
+    monkeypatch.undo()
+    assert not (root / "step_00000004").exists() and (root / ".old-step_00000004").is_dir()
+    with pytest.warns(UserWarning, match="step_00000004"):
+        found = latest_checkpoint(root)
+    assert found.name == ".old-step_00000004"  # the only copy of step 4, even with keep_last=1
+    fresh = _quick_trainer(tmp_path, keep_last=keep_last)
+    with pytest.warns(UserWarning, match="step_00000004"):
+        assert fresh.resume() and fresh.step == 4
+    _assert_bit_identical(fresh.model, tr.model)
+    fresh.fit(until=6)
+    left = [p.name for p in list_checkpoints(root)]
+    assert left == ["step_00000004", "step_00000006"][-keep_last:]
+    assert not (root / ".old-step_00000004").exists()
+    if keep_last == 2:  # put back intact
+        verify_checkpoint(root / "step_00000004")
+        assert {f: (root / "step_00000004" / f).read_bytes() for f in before} == before
+
+
+def test_saving_after_a_rewind_drops_the_abandoned_later_checkpoints(tmp_path):
+    """Resuming from an earlier step abandons the later checkpoints: ``latest`` never reaches them again, and
+    kept they would later pass as fallbacks of the new run. The first save of the new run removes them."""
+    tr = _quick_trainer(tmp_path, keep_last=3)
+    tr.fit(until=6)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002", "step_00000004", "step_00000006"]
+    torch.manual_seed(0)
+    again = Trainer(TinyCharMLP(), toy_loss, toy_batch_at,
+                    _cfg(tmp_path, steps=8, grad_accum=1, ckpt_every=1, save_final=False, keep_last=3))
+    again.load_checkpoint(root / "step_00000002")
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002", "step_00000004", "step_00000006"]
+    again.fit(until=3)
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002", "step_00000003"]
+    assert latest_checkpoint(root).name == "step_00000003"
 
 
 # ----------------------------------------------------------------------------- bad paths / safety
