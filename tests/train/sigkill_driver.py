@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             n = t["steps_done"]
             during = {"step": f"computing step {n + 1}", "save": f"saving step {n}", "resume": "resuming"}
             clean = t["bit_exact"] and not t["fallback_warnings"]
+            latest = "none" if t["latest"] is None else t["latest"]
             print(f"| {t['trial']} | {t['chain']} | {t['resumed_from']} | {during[t['phase']]} | {t['point']} | "
-                  f"{t['latest']} | {yes[clean]} | {yes[t['resumed_to_end_bit_exact']]} |")
+                  f"{latest} | {yes[clean]} | {yes[t['resumed_to_end_bit_exact']]} |")
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}))
     return 0 if ok else 1
 
