@@ -398,6 +398,11 @@ def save_checkpoint(
     goes to state.json. ``keep_last``: once the new checkpoint is in place, keep it and the ``keep_last - 1``
     newest ones before it; older ones, and any of later steps (an abandoned trajectory), are deleted.
     """
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
+    if keep_last is not None and not (isinstance(keep_last, int) and not isinstance(keep_last, bool)
+                                      and keep_last >= 1):
+        raise ValueError(f"save_checkpoint: keep_last must be None or an int >= 1, got {keep_last!r}")
     root = Path(root)
     r, main = D.rank(), D.rank() == 0
     final = root / checkpoint_name(step)

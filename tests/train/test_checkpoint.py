@@ -278,6 +278,15 @@ def test_kill_between_the_renames_of_a_resave_loses_nothing(tmp_path, monkeypatc
         assert {f: (root / "step_00000004" / f).read_bytes() for f in before} == before
 
 
+@pytest.mark.parametrize("arg,value", [("keep_last", 0), ("keep_last", 1.5), ("step", -1), ("step", True)])
+def test_save_checkpoint_rejects_bad_arguments(tmp_path, arg, value):
+    tr = _quick_trainer(tmp_path)
+    kw = {"step": 1, "keep_last": 2, arg: value}
+    with pytest.raises(ValueError, match=arg):
+        ckpt_mod.save_checkpoint(tmp_path / "ck", kw["step"], tr.model, tr.optimizer, {}, {}, keep_last=kw["keep_last"])
+    assert not (tmp_path / "ck").exists()
+
+
 def test_saving_after_a_rewind_drops_the_abandoned_later_checkpoints(tmp_path):
     """Resuming from an earlier step abandons the later checkpoints: ``latest`` never reaches them again, and
     kept they would later pass as fallbacks of the new run. The first save of the new run removes them."""

@@ -1,4 +1,4 @@
-"""SIGKILL at >= 20 points (step compute, checkpoint writing, resume) and resume: always bit-exact.
+"""SIGKILL at >= 20 points (step compute, checkpoint writing, resume), each resumed to the end: always bit-exact.
 
 The trials run in tests/train/sigkill_driver.py (one interpreter; each run is a forked child killed at an exact
 instrumentation point); see docs/reliability_checkpoints.md."""
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import k25mini
 
 DRIVER = Path(__file__).with_name("sigkill_driver.py")
-KILLS = 24
+KILLS = 40
 
 
 def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -45,16 +45,20 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(tmp_path):
     assert result["kills_in_step"] >= 3 and result["kills_in_save"] >= 8 and result["kills_in_resume"] >= 1
     assert len({t["steps_done"] for t in trials}) >= 5
     assert result["ok"] and proc.returncode == 0
-    # every chain ended with the reference's final state: weights and optimizer state, tensor by tensor
+    # after every kill, the state it left was resumed to the end; and every chain of killed-and-resumed runs
+    # ended: all with the reference's final weights and optimizer state, tensor by tensor
     ref_final = out / "reference" / "checkpoints" / "step_00000008"
     ref = _tensors(ref_final)
     ref_state = json.loads((ref_final / "state.json").read_text())
-    for chain in result["chains"]:
-        final = out / f"chain_{chain['chain']:02d}" / "checkpoints" / "step_00000008"
+    finals = [out / t["resumed_to_end"] for t in trials]
+    finals += [out / f"chain_{c['chain']:02d}" / "checkpoints" / "step_00000008" for c in result["chains"]]
+    assert len(finals) == len(trials) + len(result["chains"])
+    for final in finals:
+        assert final.name == "step_00000008", final
         got = _tensors(final)
         assert got.keys() == ref.keys()
         for k in ref:
-            assert torch.equal(got[k], ref[k]), (chain, k)
+            assert torch.equal(got[k], ref[k]), (final, k)
         assert json.loads((final / "state.json").read_text())["optimizer"] == ref_state["optimizer"]
     # control: the comparison tells neighbouring steps apart
     prev = _tensors(out / "reference" / "checkpoints" / "step_00000007")
