@@ -358,30 +358,38 @@ class _Spawn:
                 out.append(p)
         return out
 
-    def kill_strays(self) -> int:
-        """Stop, then kill, every stray process (stopping first so a fork bomb cannot outrun the sweep)."""
-        seen: set[int] = set()
-        for _ in range(50):
-            new = [p for p in self.strays() if p not in seen]
-            if not new:
+    def kill_strays(self, rounds: int = 20) -> int:
+        """Stop, then kill, every stray process (stopping first so a fork bomb cannot outrun the sweep).
+
+        A process caught mid-``fork()`` by SIGSTOP can still complete the fork after the scan that found nothing
+        new, so the whole stop-kill pass repeats until a scan after the kills finds no live stray."""
+        killed: set[int] = set()
+        for _ in range(rounds):
+            seen: set[int] = set()
+            for _ in range(50):
+                new = [p for p in self.strays() if p not in seen]
+                if not new:
+                    break
+                for p in new:
+                    try:
+                        os.kill(p, signal.SIGSTOP)
+                    except ProcessLookupError:
+                        pass
+                seen.update(new)
+            if not seen:
                 break
-            for p in new:
+            for p in seen:
                 try:
-                    os.kill(p, signal.SIGSTOP)
+                    os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            seen.update(new)
-        for p in seen:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 2.0
-        while seen and time.monotonic() < deadline:  # let SIGKILL land so the caller can reap the zombies
-            if all((st := _proc_stat(p)) is None or st[0] in "ZX" for p in seen):
-                break
-            time.sleep(0.01)
-        return len(seen)
+            killed |= seen
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # let SIGKILL land so the caller can reap the zombies
+                if all((st := _proc_stat(p)) is None or st[0] in "ZX" for p in seen):
+                    break
+                time.sleep(0.01)
+        return len(killed)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -433,6 +441,13 @@ import numpy as np
 exec(compile(open({helpers!r}).read(), 'k25mini_helpers', 'exec'))
 del HELPERS
 print(end='', flush=True); print(end='', file=sys.stderr, flush=True)  # start ipykernel's lazy output threads
+def _k25_forked_child_exits(*_a, _pid=__import__('os').getpid(), _exit=__import__('os')._exit):
+    # a child made by os.fork() in user code that falls back into the kernel loop would share the kernel's
+    # sockets and compete with it; it ends here instead (the sweep in CodeTool.run catches the rest)
+    if __import__('os').getpid() != _pid:
+        _exit(0)
+get_ipython().events.register('post_run_cell', _k25_forked_child_exits)
+del _k25_forked_child_exits
 """
 
 
