@@ -22,11 +22,14 @@ Pure python: no import of the agents runtime; anything with ``n_assigned`` / ``n
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 
 def _finite(x: float, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):  # numpy scalars are Real too
+        raise ValueError(f"{name} must be a finite number; got {x!r}")
     x = float(x)
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite; got {x}")
@@ -118,6 +121,7 @@ def parl_reward(
     When λ1 = λ2 = 0 the shaping terms are skipped, so the result is r_perf exactly.
     """
     r_perf = _finite(r_perf, "r_perf")
+    lambda1, lambda2 = _finite(lambda1, "lambda1"), _finite(lambda2, "lambda2")  # a NaN weight would poison r
     n_assigned = n_subagents if n_assigned is None else n_assigned
     rp = r_parallel(n_subagents, cap)
     rf = r_finish(n_finished, n_assigned, finish_if_none)
