@@ -8,8 +8,8 @@ Invariants checked:
   clear observation for the policy), every call has an identifier name and a dict of arguments, and no marker
   survives in the free-text content;
 * text without markers is pure content (no calls, no errors);
-* format -> parse is the identity on random calls (identifier names, JSON-object arguments), with free text
-  before and after kept as content;
+* format -> parse is the identity on random calls (identifier names, JSON-object arguments whose strings may
+  contain the marker texts), with free text before and after kept as content;
 * hand-made malformed calls and non-text input give an error observation, never an exception.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from k25mini.agents.toolcall import DEFAULT_FORMAT, ToolCall, format_tool_calls, parse_tool_calls
@@ -32,16 +32,21 @@ chunks = st.one_of(st.text(max_size=12), st.sampled_from(MARKERS), st.sampled_fr
     ["search", "functions.browse:0", '{"q": 1}', "{", "[1]", " ", "1abc", '{"a": "<|tool_call_end|>"}']))
 model_text = st.lists(chunks, max_size=12).map("".join)
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
+# argument strings may hold marker text (a model quoting the protocol, or code that prints it)
+json_str = st.lists(st.text(max_size=6) | st.sampled_from(MARKERS) | st.just("\\"), max_size=4).map("".join)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
-    | plain,
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(plain, kids, max_size=3),
+    | json_str,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(json_str, kids, max_size=3),
     max_leaves=8,
 )
-calls = st.lists(st.builds(ToolCall, names, st.dictionaries(plain, json_values, max_size=4)), max_size=4)
+calls = st.lists(st.builds(ToolCall, names, st.dictionaries(json_str, json_values, max_size=4)), max_size=4)
 
 
 @given(model_text)
+# found by review, kept as regressions: stripping one stray marker used to join its neighbours into a new one
+@example("a <|tool_call_<|tool_call_argument_begin|>end|> b")
+@example("a <|tool_call_<|tool_calls_section_end|>begin|> b")
 def test_arbitrary_text_gives_calls_or_clear_errors(text):
     out = parse_tool_calls(text)
     assert isinstance(out.calls, list) and isinstance(out.errors, list) and isinstance(out.content, str)
@@ -64,6 +69,8 @@ def test_text_without_markers_is_pure_content(text):
 
 
 @given(calls, plain, plain, st.booleans())
+# regression: a marker inside a JSON string argument used to end the call early (now written as \u003c|)
+@example([ToolCall("search", {"q": "x<|tool_call_end|>y"})], "", "", True)
 def test_format_then_parse_is_the_identity(cs, before, after, section):
     if section:
         body = format_tool_calls(cs)
