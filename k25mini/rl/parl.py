@@ -81,9 +81,9 @@ class PARLConfig:
     finish_if_none: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lambda1 < 0 or self.lambda2 < 0:
+        if not (0 <= self.lambda1 < math.inf and 0 <= self.lambda2 < math.inf):  # NaN fails both comparisons
             raise ValueError(f"lambda1, lambda2 must be >= 0; got {self.lambda1}, {self.lambda2}")
-        if self.parallel_cap < 1:
+        if isinstance(self.parallel_cap, bool) or not isinstance(self.parallel_cap, int) or self.parallel_cap < 1:
             raise ValueError(f"parallel_cap must be >= 1; got {self.parallel_cap}")
         if not 0 < self.anneal_end <= 1:
             raise ValueError(f"anneal_end must be in (0, 1]; got {self.anneal_end}")

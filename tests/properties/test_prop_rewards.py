@@ -9,7 +9,7 @@ Invariants checked:
   over the longer length, ``iou_f1`` of the gold boxes themselves is 1;
 * Levenshtein is a metric on random strings (zero iff equal, symmetric, triangle inequality);
 * ``parl_reward`` equals ``r_perf + l1 * min(n, cap)/cap + l2 * finished/assigned`` (float reference), its shaping
-  parts lie in [0, 1], and malformed arguments raise ValueError naming the argument.
+  parts lie in [0, 1], and malformed arguments (also of ``PARLConfig``) raise ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from k25mini.rl.parl import parl_reward
+from k25mini.rl.parl import PARLConfig, parl_reward
 from k25mini.world.scoring import SCORERS, levenshtein, normalize, score, score_count, score_edit, score_iou_f1
 
 SPECIALS = ["<|im_end|>", "<|eos|>", "<|media_pad|>", "<|", "|>", "\n", "A:", "."]
@@ -134,6 +134,19 @@ def test_parl_reward_bad_arguments_name_the_argument(kw, field):
     args = {"r_perf": 0.5, "n_subagents": 3, "n_finished": 2, "lambda1": 0.1, "lambda2": 0.1, **kw}
     with pytest.raises(ValueError, match=field):
         parl_reward(args.pop("r_perf"), args.pop("n_subagents"), args.pop("n_finished"), **args)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [({"lambda1": math.nan}, "lambda1"), ({"lambda2": math.inf}, "lambda2"), ({"lambda1": -0.1}, "lambda1"),
+     ({"parallel_cap": True}, "parallel_cap"), ({"parallel_cap": 0}, "parallel_cap"),
+     ({"anneal_end": math.nan}, "anneal_end"), ({"finish_if_none": 1.5}, "finish_if_none")],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_parl_config_bad_fields_name_the_field(kw, field):
+    """NaN / inf lambdas used to pass the `< 0` check and make every shaped reward NaN."""
+    with pytest.raises(ValueError, match=field):
+        PARLConfig(**kw)
 
 
 @pytest.mark.parametrize(

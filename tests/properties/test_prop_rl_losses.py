@@ -9,16 +9,19 @@ Invariants checked, on random shapes, masks and log-probs:
   tau term ``tau * sum(m * clamp(log rho)^2) / N`` is left, and its gradient is ``2 tau log rho / N`` on kept
   tokens and 0 elsewhere;
 * group advantages sum to zero within every group (float64 reference for the std-normalised variant);
+* any hyperparameter value (NaN, +-inf, negative, zero, bool, None, ...) gives either a finite loss and gradient
+  or a ValueError naming the hyperparameter;
 * bad arguments raise ValueError naming the argument.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from k25mini.rl.advantages import group_advantages
@@ -156,6 +159,29 @@ def test_group_advantages_centre_every_group(n_groups, k, data, std_norm):
             assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (got, want)
 
 
+def _hparams(fn):
+    return [n for n, prm in inspect.signature(fn).parameters.items() if prm.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+HPARAM_VALUES = [math.nan, math.inf, -math.inf, -1.0, 0.0, 0, 1e-3, 0.5, 0.99, 1.0, 1.5, 3.0, 1e6, True, None, 2, 2.5]
+
+
+@given(st.sampled_from(NAMES), st.data(), batches(extreme=False))
+@example("kimi_k25", None, None).via("found in review: tau=NaN passed the `tau < 0` check and gave a NaN loss")
+def test_any_hyperparameter_gives_a_finite_loss_or_a_named_error(name, data, batch):
+    if data is None:  # the explicit example above
+        kw, batch = {"tau": math.nan}, _ok()
+    else:
+        hp = data.draw(st.sampled_from(_hparams(get_loss(name))))
+        kw = {hp: data.draw(st.sampled_from(HPARAM_VALUES))}
+    try:
+        loss, grad, _ = _run(name, *batch, **kw)
+    except ValueError as e:
+        assert any(k in str(e) for k in kw), (kw, str(e))
+        return
+    assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, kw, loss)
+
+
 def _ok():
     logp = torch.zeros(2, 3)
     return logp, logp.clone(), torch.zeros(2), torch.ones(2, 3, dtype=torch.bool)
@@ -175,6 +201,9 @@ def _ok():
         ({}, {"tau": -0.1}, "tau"),
         ({}, {"num_tokens": 0}, "num_tokens"),
         ({}, {"log_ratio_clamp": 0.0}, "log_ratio_clamp"),
+        ({}, {"log_ratio_clamp": math.inf}, "log_ratio_clamp"),
+        ({}, {"tau": math.nan}, "tau"),
+        ({}, {"num_tokens": True}, "num_tokens"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
