@@ -8,6 +8,8 @@ Invariants checked:
   ``count`` is ``max(0, 1 - |p - g| / max(|g|, 1))``, ``edit`` is one minus a textbook Levenshtein distance
   over the longer length, ``iou_f1`` of the gold boxes themselves is 1;
 * Levenshtein is a metric on random strings (zero iff equal, symmetric, triangle inequality);
+* the swarm episode reward (``score_answer``) lies in [0, 1] for any answer, success implies a perfect item
+  score, and the swarm task parser never raises on arbitrary text;
 * ``parl_reward`` equals ``r_perf + l1 * min(n, cap)/cap + l2 * finished/assigned`` (float reference), its shaping
   parts lie in [0, 1], and malformed arguments (also of ``PARLConfig``) raise ValueError naming the argument.
 """
@@ -22,7 +24,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from k25mini.rl.parl import PARLConfig, parl_reward
+from k25mini.swarm.tasks import SwarmTask, parse_task, score_answer
 from k25mini.world.scoring import SCORERS, levenshtein, normalize, score, score_count, score_edit, score_iou_f1
+from k25mini.world.web import DeepSearchTask, WideSearchTask
 
 SPECIALS = ["<|im_end|>", "<|eos|>", "<|media_pad|>", "<|", "|>", "\n", "A:", "."]
 # model-like text: random unicode interleaved with the pieces the scorers look for
@@ -112,6 +116,28 @@ def test_parl_reward_matches_its_formula(r_perf, n_assigned, data, l1, l2, cap, 
 def test_parl_reward_without_shaping_is_the_performance_reward(r_perf, n):
     r, _ = parl_reward(r_perf, n, 0, lambda1=0.0, lambda2=0.0)
     assert r == r_perf
+
+
+_WIDE = WideSearchTask("w", "Make a table", ["name", "colour"], ["name"],
+                       [{"name": "ash", "colour": "red"}, {"name": "bo", "colour": "blue"}])
+_DEEP = DeepSearchTask("d", "What colour is ash?", "red", ["entity/ash"])
+
+
+@given(st.sampled_from(["wide", "deep"]), st.none() | answers | st.sampled_from([_WIDE.gold_markdown, "red", "Red."]))
+def test_swarm_episode_reward_in_unit_interval(kind, answer):
+    task = SwarmTask(kind, "t", wide=_WIDE) if kind == "wide" else SwarmTask(kind, "t", deep=_DEEP)
+    s = score_answer(task, answer)
+    assert set(s) == {"item_f1", "success"}
+    assert all(type(v) is float and 0.0 <= v <= 1.0 for v in s.values()), s
+    assert s["success"] <= s["item_f1"]  # an exact table / answer is a perfect item score
+    if (kind, answer) in (("wide", _WIDE.gold_markdown), ("deep", "red"), ("deep", "Red.")):
+        assert s["success"] == 1.0
+
+
+@given(answers)
+def test_swarm_task_parser_never_raises(text):
+    out = parse_task(text)
+    assert out["kind"] in ("wide", "sub", "deep") and out["hops"] >= 0 and isinstance(out["items"], list)
 
 
 @pytest.mark.parametrize(
