@@ -61,7 +61,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def sets(world):
-    return {arm: build_sft_set(world, arm, 40, seed=1) for arm in ("zero_vision", "text_visual")}
+    out = {arm: build_sft_set(world, arm, 40, seed=1) for arm in ("zero_vision", "text_visual")}
+    assert all(len(rows) > 0 for rows in out.values())  # tests loop over these rows
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the sandbox
