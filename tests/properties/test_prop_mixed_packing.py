@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from k25mini.pretrain.fusion_schedule import FusionSchedule, token_plan
@@ -188,6 +188,8 @@ def test_schedule_plans_pack_exactly(case):
 
 
 @given(packer_case(from_schedule=False))
+@example((2, 16, np.array([[0, 32], [9, 23]]), 0, 10))  # a residual over two rows (the interleaving bug)
+@example((1, 8, np.array([[5, 3], [8, 0]]), 0, 5))  # carry-over + a full-vision last step: does not fit
 def test_arbitrary_plans_pack_exactly_or_say_why_not(case):
     _run_and_check(*case)
 

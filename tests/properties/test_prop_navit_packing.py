@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prop_settings import examples
 
@@ -78,6 +78,8 @@ def test_pack_cu_seqlens_and_derived_layouts_equal_per_item_loops(gs, dim, seed)
 
 
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 2**20), st.integers(1, 2**20)), min_size=1, max_size=6))
+@example([(1, 2**15, 2**16 - 1)])  # 2**31 - 2**15 patches: still fits
+@example([(1, 2**16, 2**15), (1, 1, 1)])  # 2**31 + 1: would wrap to a negative int32
 def test_cu_seqlens_never_wraps_around(gs):
     total = sum(t * h * w for t, h, w in gs)
     if total < 2**31:
