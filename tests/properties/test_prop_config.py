@@ -6,20 +6,23 @@ malformed dicts) must give one of two outcomes, never a third:
 
 * a ValueError whose message names the perturbed field, raised by the config or, at the latest, by the model
   constructor; or
-* a valid config: ``count_params`` is positive and consistent, the config survives ``to_dict``/``from_dict`` and
-  ``to_hf_config``/``from_hf_config`` unchanged, and the model built from it has exactly ``count_params``
-  parameters and runs a tiny forward (text plus one image) to finite logits of the right shape. Models too big
-  for that are built on the meta device (parameter count only); models with more than 64 layers are only
-  counted.
+* a valid config holding a value of the field's declared kind (no bool, str or float taken silently for another
+  kind): ``count_params`` is positive and consistent, the config survives ``to_dict``/``from_dict`` unchanged and
+  ``to_hf_config``/``from_hf_config`` with the same model (a YaRN dict is compared by the frequencies and scales it
+  gives), and the model built from it has exactly ``count_params`` parameters and runs a tiny forward (text plus
+  one image) to finite logits of the right shape. Models of more than 3e7 elements are built on the meta device
+  (parameter count only); more than 2**41 elements or 64 layers: counted only.
 
-Bad-input cases list perturbations that used to be accepted silently or failed later with an error that did not
-name the field.
+A deterministic sweep runs every single-field perturbation of every preset (all of them under the thorough
+profile, every 25th under ci). Bad-input cases list perturbations that used to be accepted silently, or failed
+later with an error that did not name the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 
 import numpy as np
@@ -212,6 +215,29 @@ def test_two_perturbations_at_once_name_one_of_the_fields(a, b):
         _check_valid(cfg, build=False)
     except ValueError as e:
         assert _named(e, n1) or _named(e, n2), f"{w1}.{n1}={v1!r}, {w2}.{n2}={v2!r} passed, then: {e}"
+
+
+def _all_single_perturbations():
+    out = []
+    for pname in C.PRESETS:
+        base = C.preset(pname)
+        parts = [("text", TEXT_FIELDS, base.text), ("top", TOP_FIELDS, base)]
+        if base.vision is not None:
+            parts.append(("vision", VISION_FIELDS, base.vision))
+        for where, names, obj in parts:
+            out += [(pname, where, n, v) for n in names for v in _variants(getattr(obj, n))]
+    return out
+
+
+def test_sweep_of_single_field_perturbations():
+    """Not random: every (preset, field, perturbation) above, in order - all of them (about 2000, ~40 s) under the
+    thorough profile, every 25th under ci. Models are built for nano/small only."""
+    cases = _all_single_perturbations()
+    assert len(cases) > 1500
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "thorough":
+        cases = cases[::25]
+    for pname, where, name, value in cases:
+        _outcome(C.preset(pname), where, name, value, build=pname in ("nano", "small"))
 
 
 # ------------------------------------------------------------------------------------------ bad input
