@@ -230,7 +230,7 @@ def _all_single_perturbations():
 
 
 def test_sweep_of_single_field_perturbations():
-    """Not random: every (preset, field, perturbation) above, in order - all of them (about 2000, ~40 s) under the
+    """Not random: every (preset, field, perturbation) above, in order - all of them (about 3500, ~40 s) under the
     thorough profile, every 25th under ci. Models are built for nano/small only."""
     cases = _all_single_perturbations()
     assert len(cases) > 1500
