@@ -14,7 +14,7 @@ TORCH_PIP_FLAGS ?=
 K25_SCALE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: setup test lint pytest nbval speedrun reproduce report lab notebooks clean test-gpu
+.PHONY: setup test lint pytest test-thorough nbval speedrun reproduce report lab notebooks clean test-gpu
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	K25_SCALE=smoke $(BIN)/python -m pytest -q -n 2 --dist loadfile tests/
+
+# property tests with many fresh random examples (CI runs the fast, derandomized "ci" profile; tests/conftest.py)
+test-thorough: $(STAMP)
+	K25_SCALE=smoke HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q tests/properties/
 
 nbval: $(STAMP)
 	# tests/conftest.py is loaded as a plugin so its notebook hooks (stderr not compared) apply here too

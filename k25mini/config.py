@@ -47,11 +47,61 @@ def _check_pos_int(obj: Any, *names: str, allow_zero: bool = False) -> None:
             raise ValueError(f"{type(obj).__name__}.{n} must be {want}, got {v}")
 
 
-def _check_pos_float(obj: Any, *names: str) -> None:
+# the model computes in float32 (or narrower): a scalar beyond this would be inf there
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_pos_float(obj: Any, *names: str, allow_zero: bool = False) -> None:
     for n in names:
         v = getattr(obj, n)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{type(obj).__name__}.{n} must be a finite number > 0, got {v!r}")
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        if bad or v < 0 or (v == 0 and not allow_zero) or v > _FLOAT32_MAX:
+            want = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{type(obj).__name__}.{n} must be a finite number {want} (at most float32's max "
+                             f"{_FLOAT32_MAX:.4g}), got {v!r}")
+
+
+def _check_bool(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if not isinstance(v, bool):  # "yes", 1 or None would be taken as a truth value without a word
+            raise ValueError(f"{type(obj).__name__}.{n} must be True or False, got {v!r}")
+
+
+def _check_rope_theta(obj: Any) -> None:
+    if obj.rope_theta <= 1:  # RoPE frequencies base**(-2i/d) decay with i only for a base > 1
+        raise ValueError(f"{type(obj).__name__}.rope_theta must be > 1, got {obj.rope_theta!r}")
+
+
+_YARN_KEYS = {"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+              "mscale_all_dim"}
+
+
+def _check_yarn(rs: Any) -> None:
+    """TextConfig.rope_scaling: None or a YaRN dict whose every value k25mini.model.rope reads is usable."""
+    if not isinstance(rs, dict) or rs.get("type", rs.get("rope_type")) not in ("yarn",):
+        raise ValueError(f"TextConfig.rope_scaling must be None or a YaRN dict, got {rs!r}")
+    unknown = sorted(set(rs) - _YARN_KEYS)
+    if unknown:  # k25mini.model.rope would ignore them without a word
+        raise ValueError(f"TextConfig.rope_scaling has keys {unknown} that k25mini does not read; "
+                         f"expected some of {sorted(_YARN_KEYS)}")
+
+    def num(key: str) -> bool:
+        v = rs.get(key)
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    if not num("factor") or rs["factor"] < 1:
+        raise ValueError(f"TextConfig.rope_scaling['factor'] must be a finite number >= 1, got {rs.get('factor')!r}")
+    orig = rs.get("original_max_position_embeddings")
+    if orig is not None and (isinstance(orig, bool) or not isinstance(orig, int) or orig < 1):
+        raise ValueError(f"TextConfig.rope_scaling['original_max_position_embeddings'] must be an int >= 1, "
+                         f"got {orig!r}")
+    for key in ("beta_fast", "beta_slow"):
+        if key in rs and (not num(key) or rs[key] <= 0):
+            raise ValueError(f"TextConfig.rope_scaling['{key}'] must be a finite number > 0, got {rs[key]!r}")
+    for key in ("mscale", "mscale_all_dim"):
+        if key in rs and not num(key):
+            raise ValueError(f"TextConfig.rope_scaling['{key}'] must be a finite number, got {rs[key]!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +154,7 @@ class VisionConfig:
             "max_patches",
         )
         _check_pos_float(self, "rope_theta", "layer_norm_eps", "projector_ln_eps")
+        _check_rope_theta(self)
         mk = self.merge_kernel_size
         if (
             not isinstance(mk, tuple)
@@ -111,6 +162,10 @@ class VisionConfig:
             or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in mk)
         ):
             raise ValueError(f"VisionConfig.merge_kernel_size must be a pair of ints > 0, got {mk!r}")
+        if self.temporal_chunk_size > self.init_pos_emb_time:
+            raise ValueError(f"VisionConfig.temporal_chunk_size ({self.temporal_chunk_size}) must be <= "
+                             f"init_pos_emb_time ({self.init_pos_emb_time}): every chunk frame needs a temporal "
+                             "embedding")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -125,6 +180,21 @@ class VisionConfig:
             raise ValueError(
                 f"VisionConfig.min_patches ({self.min_patches}) must be <= max_patches ({self.max_patches})"
             )
+        # preprocessing resizes every picture to a grid of whole merge units inside the budget and the RoPE table:
+        # at least one such grid must exist (k25mini.vision.preprocess.target_grid)
+        mh, mw = mk
+        if self.rope_max_height < mh or self.rope_max_width < mw:
+            raise ValueError(f"VisionConfig.rope_max_height x rope_max_width ({self.rope_max_height} x "
+                             f"{self.rope_max_width}) must hold one merge_kernel_size unit {mk}")
+        area = mh * mw
+        min_units, max_units = -(-self.min_patches // area), self.max_patches // area
+        if max_units < 1 or min_units > max_units:
+            raise ValueError(f"VisionConfig.min_patches..max_patches ({self.min_patches}..{self.max_patches}) must "
+                             f"contain a multiple of the merge area {area} (whole {mh}x{mw} merge units)")
+        table_units = (self.rope_max_height // mh) * (self.rope_max_width // mw)
+        if min_units > table_units:
+            raise ValueError(f"VisionConfig.min_patches ({self.min_patches}) needs {min_units} merge units but the "
+                             f"RoPE table rope_max_height x rope_max_width holds {table_units}")
         for name, allowed in (
             ("pos_emb_type", ("divided_fixed",)),
             ("merge_type", ("sd2_tpool",)),
@@ -210,10 +280,9 @@ class TextConfig:
         if self.q_lora_rank is not None:
             _check_pos_int(self, "q_lora_rank")
         _check_pos_float(self, "routed_scaling_factor", "rope_theta", "rms_norm_eps")
-        for n in ("aux_loss_alpha", "bias_update_rate"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"TextConfig.{n} must be a finite number >= 0, got {v!r}")
+        _check_pos_float(self, "aux_loss_alpha", "bias_update_rate", allow_zero=True)
+        _check_rope_theta(self)
+        _check_bool(self, "norm_topk_prob", "tie_word_embeddings")
         if self.num_experts_per_tok > self.n_routed_experts:
             raise ValueError(
                 f"TextConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be <= "
@@ -232,17 +301,19 @@ class TextConfig:
             )
         if self.topk_group > self.n_group:
             raise ValueError(f"TextConfig.topk_group ({self.topk_group}) must be <= n_group ({self.n_group})")
+        eligible = self.topk_group * (self.n_routed_experts // self.n_group)
+        if self.num_experts_per_tok > eligible:  # the router could only fail at the first forward
+            raise ValueError(
+                f"TextConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be <= the experts of the "
+                f"topk_group={self.topk_group} groups a token may use ({eligible} = topk_group * n_routed_experts"
+                f" / n_group)"
+            )
         if self.topk_method not in ("noaux_tc",):
             raise ValueError(f"TextConfig.topk_method must be 'noaux_tc', got {self.topk_method!r}")
         if self.scoring_func not in ("sigmoid",):
             raise ValueError(f"TextConfig.scoring_func must be 'sigmoid', got {self.scoring_func!r}")
         if self.rope_scaling is not None:
-            rs = self.rope_scaling
-            if not isinstance(rs, dict) or rs.get("type", rs.get("rope_type")) not in ("yarn",):
-                raise ValueError(f"TextConfig.rope_scaling must be None or a YaRN dict, got {rs!r}")
-            _f = rs.get("factor")
-            if not isinstance(_f, (int, float)) or _f < 1:
-                raise ValueError(f"TextConfig.rope_scaling['factor'] must be a number >= 1, got {_f!r}")
+            _check_yarn(self.rope_scaling)
 
     @property
     def qk_head_dim(self) -> int:
@@ -270,6 +341,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.text must be a TextConfig, got {type(self.text).__name__}")
         if self.vision is not None and not isinstance(self.vision, VisionConfig):
             raise ValueError(f"ModelConfig.vision must be a VisionConfig or None, got {type(self.vision).__name__}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"ModelConfig.name must be a str, got {self.name!r}")
         tid = self.media_placeholder_token_id
         bad_type = isinstance(tid, bool) or not isinstance(tid, int)
         if tid is not None and (bad_type or not 0 <= tid < self.text.vocab_size):

@@ -66,6 +66,9 @@ _NAME = re.compile(r"^\s*(?:functions\.)?([A-Za-z_][A-Za-z0-9_]*)(?::\d+)?\s*")
 def format_tool_call(name: str, args: dict[str, Any] | None = None, fmt: ToolCallFormat = DEFAULT_FORMAT) -> str:
     """The text a model should emit for one call."""
     payload = json.dumps(args or {}, ensure_ascii=False, sort_keys=True)
+    # "<|" can only occur inside a JSON string here; writing it as "\u003c|" (the same JSON value) keeps an argument
+    # such as "x<|tool_call_end|>y" from being read as a marker that ends the call early
+    payload = payload.replace("<|", "\\u003c|")
     return f"{fmt.call_begin}{name}{fmt.arg_begin}{payload}{fmt.call_end}"
 
 
@@ -126,11 +129,15 @@ def parse_tool_calls(text: str, fmt: ToolCallFormat = DEFAULT_FORMAT) -> ParsedA
         (calls if isinstance(parsed, ToolCall) else errors).append(parsed)
         pos = end + len(fmt.call_end)
     rest = "".join(content)
-    for marker in (fmt.section_begin, fmt.section_end):
-        rest = rest.replace(marker, "")
-    stray = [m for m in (fmt.arg_begin, fmt.call_end) if m in rest]
+    # drop markers until none is left: removing one can join its neighbours into a new one
+    # ("<|tool_call_<|tool_call_argument_begin|>end|>"), which must not reach the content either
+    stray: list[str] = []
+    while any(m in rest for m in fmt.specials()):
+        for marker in fmt.specials():
+            if marker in rest:
+                if marker not in (fmt.section_begin, fmt.section_end) and not stray:
+                    stray.append(marker)
+                rest = rest.replace(marker, "")
     if stray:
         errors.append(f"malformed tool call: stray {stray[0]} outside a call")
-        for m in stray:
-            rest = rest.replace(m, "")
     return ParsedAction(calls, errors, rest.strip())

@@ -12,6 +12,7 @@ and is re-exported here.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 
@@ -48,6 +49,17 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<|tool_call_argument_begin|>",
 )
 VOCAB_SIZE = 512
+
+
+def _as_id(i: object, name: str = "ids") -> int:
+    """One token id as a Python int: ints, numpy integers and 0-d integer tensors pass; bools, floats (even 258.0)
+    and anything else raise ValueError naming ``name`` (int() would silently truncate 1.5 to 1)."""
+    if isinstance(i, bool):
+        raise ValueError(f"{name} must hold integer token ids, got {i!r}")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise ValueError(f"{name} must hold integer token ids, got {i!r}") from None
 
 
 class Tokenizer:
@@ -114,7 +126,11 @@ class Tokenizer:
             if sid is not None:
                 ids.append(sid)
             else:
-                ids.extend(part.encode("utf-8"))
+                try:
+                    ids.extend(part.encode("utf-8"))
+                except UnicodeEncodeError as e:  # a lone surrogate (e.g. from errors="surrogateescape")
+                    raise ValueError(f"text must be valid Unicode; it holds {e.object[e.start:e.end]!r} at "
+                                     f"position {e.start} of a segment, which UTF-8 cannot encode") from None
         if add_eos:
             ids.append(self.eos_id)
         return ids
@@ -124,7 +140,7 @@ class Tokenizer:
         out: list[str] = []
         buf = bytearray()
         for i in ids:
-            i = int(i)
+            i = _as_id(i)
             if 0 <= i < 256:
                 buf.append(i)
                 continue
@@ -143,7 +159,7 @@ class Tokenizer:
 
     def count_media(self, ids: Sequence[int]) -> int:
         """Number of ``<|media_pad|>`` placeholders in ``ids``."""
-        return sum(1 for i in ids if int(i) == self.media_pad_id)
+        return sum(1 for i in ids if _as_id(i) == self.media_pad_id)
 
     def expand_media(self, ids: Sequence[int], n_tokens: Sequence[int]) -> list[int]:
         """Replace the i-th single ``<|media_pad|>`` with ``n_tokens[i]`` pads (the chunk's merged-token count)."""
@@ -153,17 +169,24 @@ class Tokenizer:
             raise ValueError(
                 f"n_tokens must have one count per <|media_pad|> placeholder ({n_ph}), got {len(n_tokens)}"
             )
+        counts = []
         for n in n_tokens:
-            if isinstance(n, bool) or int(n) != n or n < 1:
+            try:
+                n = _as_id(n, "n_tokens")
+            except ValueError:
+                raise ValueError(f"n_tokens must be positive ints, got {n_tokens}") from None
+            if n < 1:
                 raise ValueError(f"n_tokens must be positive ints, got {n_tokens}")
+            counts.append(n)
         out: list[int] = []
         k = 0
         for i in ids:
-            if int(i) == self.media_pad_id:
-                out.extend([self.media_pad_id] * int(n_tokens[k]))
+            i = _as_id(i)
+            if i == self.media_pad_id:
+                out.extend([self.media_pad_id] * counts[k])
                 k += 1
             else:
-                out.append(int(i))
+                out.append(i)
         return out
 
     def __len__(self) -> int:

@@ -11,7 +11,10 @@ Per step the packer receives a budget (vision tokens, text tokens) from
 * text-only documents form one continuous stream cut exactly at sequence ends (the usual LM
   pre-training practice), so they fill every remaining slot and no padding is ever used;
 * on the last step the vision residual (less than one document) is filled with the *text* of
-  image-text documents (their media spans dropped), so the totals of every schedule are exact.
+  image-text documents (their media spans dropped), so the totals of every schedule are exact. That text
+  is plain text now, so like the text stream it may be cut at a row end: each document's text is laid
+  down in order, in the row with the most room, and what does not fit continues in the next row; every
+  piece is a document of its own (its own ``doc_ids`` entry, positions from 0).
 
 Each packed row carries ``doc_ids`` (attention never crosses documents), per-document
 ``position_ids`` and ``labels`` = next token, with -100 where the target is a media pad (no loss on
@@ -70,8 +73,16 @@ class MixedPacker:
         plan = np.asarray(plan)
         if plan.ndim != 2 or plan.shape[1] != 2:
             raise ValueError(f"plan must have shape [steps, 2], got {plan.shape}")
+        if plan.dtype.kind not in "iu":  # a float plan would be truncated token by token
+            raise ValueError(f"plan must hold integer token counts, got dtype {plan.dtype}")
+        if (plan < 0).any():
+            raise ValueError(f"plan must hold token counts >= 0, got a minimum of {int(plan.min())}")
+        for name, v in (("rows", rows), ("seq_len", seq_len)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {v!r}")
         if rows <= 0 or seq_len <= 1:
             raise ValueError(f"rows must be > 0 and seq_len > 1, got rows={rows}, seq_len={seq_len}")
+        rows, seq_len = int(rows), int(seq_len)
         if (plan.sum(1) != rows * seq_len).any():
             raise ValueError(f"plan rows must each sum to rows*seq_len = {rows * seq_len}")
         self.text_docs, self.vision_docs = text_docs, vision_docs
@@ -91,6 +102,8 @@ class MixedPacker:
         doc = next(self.vision_docs, None)
         if doc is not None and len(doc.ids) > self.seq_len:
             raise ValueError(f"an image-text document has {len(doc.ids)} tokens > seq_len={self.seq_len}")
+        if doc is not None and not doc.ids:  # would be "placed" forever without using any room
+            raise ValueError("vision_docs yielded an image-text document with no tokens")
         return doc
 
     def _text_tokens(self, n: int) -> list[tuple[int, int]]:
@@ -142,8 +155,9 @@ class MixedPacker:
             placed[row].append(doc)
             free[row] -= n
             used += n
-        # 2) last step: close the residual with media-free text of image-text documents
-        residual_rows: list[list[int]] = [[] for _ in range(R)]
+        # 2) last step: close the residual with media-free text of image-text documents, each document's text
+        #    kept contiguous and in order (one piece per row it spans)
+        residual_rows: list[list[list[int]]] = [[] for _ in range(R)]
         if last:
             residual = self.vision_target - self.vision_used - used
             while residual > 0:
@@ -151,12 +165,15 @@ class MixedPacker:
                 if doc is None:
                     raise ValueError("vision_docs ran out before the token plan was consumed")
                 text = self._strip_media(doc)[:residual]
-                for t in text:
+                k = 0
+                while k < len(text):
                     r = max(range(R), key=lambda i: free[i])
                     if free[r] == 0:
                         raise ValueError("vision residual does not fit in the last step")
-                    residual_rows[r].append(t)
-                    free[r] -= 1
+                    piece = text[k : k + free[r]]
+                    residual_rows[r].append(piece)
+                    free[r] -= len(piece)
+                    k += len(piece)
                 used += len(text)
                 residual -= len(text)
         self.vision_used += used
@@ -176,9 +193,9 @@ class MixedPacker:
                 dids += [d] * len(doc.ids)
                 media += doc.media
                 d += 1
-            if residual_rows[r]:
-                toks += residual_rows[r]
-                dids += [d] * len(residual_rows[r])
+            for piece in residual_rows[r]:
+                toks += piece
+                dids += [d] * len(piece)
                 d += 1
             stream = self._text_tokens(S - len(toks))
             text_total += len(stream)

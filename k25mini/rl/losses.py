@@ -22,6 +22,7 @@ before any arithmetic, so they never reach the loss value or the gradient.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -78,8 +79,8 @@ def _prepare(
     B = logp.shape[0]
     if not isinstance(advantages, Tensor) or advantages.shape not in ((B,), tuple(logp.shape)):
         raise ValueError(f"advantages must be a tensor of shape [B]=({B},) or [B, L]={tuple(logp.shape)}")
-    if not clamp > 0:
-        raise ValueError(f"log_ratio_clamp must be > 0; got {clamp}")
+    if not 0 < clamp < float("inf"):  # also rejects NaN
+        raise ValueError(f"log_ratio_clamp must be finite and > 0; got {clamp}")
     adv = advantages.detach().to(logp.dtype)
     adv = adv[:, None].expand_as(logp) if adv.ndim == 1 else adv
     raw = logp - old_logp.detach().to(logp.dtype)
@@ -93,9 +94,19 @@ def _count(value: int | None, default: int, name: str) -> int:
     n = default if value is None else value
     if isinstance(n, Tensor):
         n = int(n.item())
-    if not isinstance(n, int) or n <= 0:
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"{name} must be a positive int (the global normaliser); got {value!r}")
     return n
+
+
+def _reals(optional: tuple[str, ...] = (), **hparams: object) -> None:
+    """Each hyperparameter must be a real number (None only where ``optional``): a string, bool or None would
+    otherwise surface as a bare TypeError, or slip through a range check as a truthy value."""
+    for name, v in hparams.items():
+        if v is None and name in optional:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{name} must be a number; got {v!r}")
 
 
 def _common_stats(log_ratio: Tensor, valid: Tensor) -> dict[str, float]:
@@ -147,10 +158,13 @@ def kimi_k25_loss(
     ``num_sequences`` is accepted and ignored (uniform signature).
     """
     del num_sequences
+    _reals(alpha=alpha, beta=beta, tau=tau, log_ratio_clamp=log_ratio_clamp)
+    if not isinstance(penalty_on_masked, bool):
+        raise ValueError(f"penalty_on_masked must be True or False; got {penalty_on_masked!r}")
     if not (0 < alpha < 1 < beta):
         raise ValueError(f"need 0 < alpha < 1 < beta; got alpha={alpha}, beta={beta}")
-    if tau < 0:
-        raise ValueError(f"tau must be >= 0; got {tau}")
+    if not 0 <= tau < float("inf"):  # also rejects NaN
+        raise ValueError(f"tau must be finite and >= 0; got {tau}")
     log_ratio, valid, adv, _ = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
     N = _count(num_tokens, int(valid.sum()), "num_tokens")
     ratio = log_ratio.exp()
@@ -192,8 +206,9 @@ def kimi_k2_loss(
     gradient is −2τ·A_j·∇log π_θ(y_j)/K. Advantages must be per sequence [B]. τ is not published (ours: 1).
     """
     del num_tokens
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0; got {tau}")
+    _reals(tau=tau, log_ratio_clamp=log_ratio_clamp)
+    if not 0 < tau < float("inf"):  # also rejects NaN
+        raise ValueError(f"tau must be finite and > 0; got {tau}")
     if advantages.ndim != 1:
         raise ValueError("kimi_k2 needs per-sequence advantages [B]")
     log_ratio, valid, _, _ = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
@@ -211,7 +226,7 @@ def kimi_k2_loss(
 
 def _ppo_token_terms(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
     """Per-token PPO surrogate to minimise, max(−Aρ, −A·clip(ρ)), and the bool 'clipped' (zero-grad) flags."""
-    if not (0 <= eps_low < 1 and eps_high >= 0):
+    if not (0 <= eps_low < 1 and 0 <= eps_high < float("inf")):  # comparisons with NaN are False: rejected
         raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0; got {eps_low}, {eps_high}")
     ratio = log_ratio.exp()
     unclipped = -adv * ratio
@@ -236,6 +251,7 @@ def ppo_clip_loss(
     """PPO clipped surrogate, averaged over all response tokens of the batch (DAPO's token-level mean;
     ``eps_high`` > ``eps`` is DAPO's clip-higher). The clip is one-sided in A, unlike K2.5's mask."""
     del num_sequences
+    _reals(eps=eps, eps_high=eps_high, log_ratio_clamp=log_ratio_clamp, optional=("eps_high",))
     log_ratio, valid, adv, mf = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
     N = _count(num_tokens, int(valid.sum()), "num_tokens")
     per_tok, clipped = _ppo_token_terms(log_ratio, adv, eps, eps if eps_high is None else eps_high)
@@ -264,6 +280,7 @@ def grpo_loss(
     """GRPO (no KL term): PPO clip per token, mean over each response's tokens, then mean over responses.
     Pair it with ``group_advantages(..., std_normalize=True)``."""
     del num_tokens
+    _reals(eps=eps, eps_high=eps_high, log_ratio_clamp=log_ratio_clamp, optional=("eps_high",))
     log_ratio, valid, adv, mf = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
     K = _count(num_sequences, logp.shape[0], "num_sequences")
     per_tok, clipped = _ppo_token_terms(log_ratio, adv, eps, eps if eps_high is None else eps_high)
@@ -290,6 +307,7 @@ def dr_grpo_loss(
     """Dr. GRPO: PPO clip, token sum divided by a constant K·max_len (no length bias). ``max_len`` defaults
     to L; pass the generation budget explicitly when sharding (shards may be padded differently)."""
     del num_tokens
+    _reals(eps=eps, log_ratio_clamp=log_ratio_clamp)
     log_ratio, valid, adv, mf = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
     K = _count(num_sequences, logp.shape[0], "num_sequences")
     T = _count(max_len, logp.shape[1], "max_len")
@@ -317,8 +335,13 @@ def cispo_loss(
     is clipped but every token keeps a gradient (nothing is masked). ε_low=None means no lower clip.
     log ρ has the same gradient as log π_θ (π_old is constant) and is 0 at ρ = 1."""
     del num_sequences
+    _reals(eps_low=eps_low, eps_high=eps_high, log_ratio_clamp=log_ratio_clamp, optional=("eps_low",))
     log_ratio, valid, adv, mf = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)
     N = _count(num_tokens, int(valid.sum()), "num_tokens")
+    if eps_low is not None and not 0 <= eps_low <= 1:
+        raise ValueError(f"eps_low must be None or in [0, 1]; got {eps_low}")
+    if not 0 <= eps_high < float("inf"):
+        raise ValueError(f"eps_high must be finite and >= 0; got {eps_high}")
     r = log_ratio.detach().exp()
     lo = 0.0 if eps_low is None else 1 - eps_low
     weight = r.clamp(min=lo, max=1 + eps_high)
@@ -345,6 +368,7 @@ def gspo_loss(
     """GSPO: sequence-level ratio s_j = exp(mean_t log ρ_jt), PPO-clipped per sequence, mean over sequences.
     ``masked_frac`` here is the fraction of *sequences* clipped."""
     del num_tokens
+    _reals(eps_low=eps_low, eps_high=eps_high, log_ratio_clamp=log_ratio_clamp)
     if advantages.ndim != 1:
         raise ValueError("gspo needs per-sequence advantages [B]")
     log_ratio, valid, _, mf = _prepare(logp, old_logp, advantages, mask, log_ratio_clamp)

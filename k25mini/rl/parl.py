@@ -22,11 +22,14 @@ Pure python: no import of the agents runtime; anything with ``n_assigned`` / ``n
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 
 def _finite(x: float, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):  # numpy scalars are Real too
+        raise ValueError(f"{name} must be a finite number; got {x!r}")
     x = float(x)
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite; got {x}")
@@ -78,9 +81,9 @@ class PARLConfig:
     finish_if_none: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.lambda1 < 0 or self.lambda2 < 0:
+        if not (0 <= self.lambda1 < math.inf and 0 <= self.lambda2 < math.inf):  # NaN fails both comparisons
             raise ValueError(f"lambda1, lambda2 must be >= 0; got {self.lambda1}, {self.lambda2}")
-        if self.parallel_cap < 1:
+        if isinstance(self.parallel_cap, bool) or not isinstance(self.parallel_cap, int) or self.parallel_cap < 1:
             raise ValueError(f"parallel_cap must be >= 1; got {self.parallel_cap}")
         if not 0 < self.anneal_end <= 1:
             raise ValueError(f"anneal_end must be in (0, 1]; got {self.anneal_end}")
@@ -118,6 +121,7 @@ def parl_reward(
     When λ1 = λ2 = 0 the shaping terms are skipped, so the result is r_perf exactly.
     """
     r_perf = _finite(r_perf, "r_perf")
+    lambda1, lambda2 = _finite(lambda1, "lambda1"), _finite(lambda2, "lambda2")  # a NaN weight would poison r
     n_assigned = n_subagents if n_assigned is None else n_assigned
     rp = r_parallel(n_subagents, cap)
     rf = r_finish(n_finished, n_assigned, finish_if_none)

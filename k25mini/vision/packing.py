@@ -47,8 +47,8 @@ def as_grid_thw(grid_thw: torch.Tensor | Sequence[Sequence[int]], name: str = "g
     """Validate and return ``grid_thw`` as an int64 CPU tensor ``[N, 3]`` with every entry >= 1."""
     if not isinstance(grid_thw, torch.Tensor):
         try:
-            grid_thw = torch.tensor(grid_thw, dtype=torch.int64)
-        except (TypeError, ValueError) as e:
+            grid_thw = torch.tensor(grid_thw)  # no dtype=: a float or bool list must fail the check below, not truncate
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # RuntimeError: an int beyond int64
             raise ValueError(f"{name} must be an int tensor [N, 3], got {grid_thw!r}") from e
     if grid_thw.dtype.is_floating_point or grid_thw.dtype.is_complex or grid_thw.dtype == torch.bool:
         raise ValueError(f"{name} must have an integer dtype, got {grid_thw.dtype}")
@@ -65,6 +65,9 @@ def as_grid_thw(grid_thw: torch.Tensor | Sequence[Sequence[int]], name: str = "g
 def cu_seqlens_from_grid(grid_thw: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """``[0, cumsum(t*h*w)]`` as int32 ``[N+1]`` (the flash-attn varlen convention)."""
     g = as_grid_thw(grid_thw)
+    total = sum(t * h * w for t, h, w in g.tolist())  # Python ints: neither int64 nor int32 can wrap here
+    if total >= 2**31:
+        raise ValueError(f"grid_thw holds {total} patches in all; int32 cu_seqlens hold at most 2**31 - 1")
     lens = g.prod(dim=1)
     cu = torch.zeros(g.shape[0] + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lens, 0).to(torch.int32)

@@ -330,7 +330,8 @@ def score_table(pred: Any, task: WideSearchTask) -> dict[str, float]:
     """WideSearch scoring of a predicted table (markdown string or list of row dicts) against ``task``.
 
     Columns are matched by normalised name (extra columns ignored; a missing required column scores 0);
-    rows are de-duplicated on the key and inner-joined with the gold rows on it; a cell scores 1 on an
+    rows are de-duplicated on the key (of rows that share a key but disagree, the worst-scoring one counts, so
+    the result is invariant to row order) and inner-joined with the gold rows on it; a cell scores 1 on an
     exact normalised match (key cells 1 by the join). Item P/R = summed cell scores over
     ``n_pred_rows * |columns|`` / ``n_gold_rows * |columns|``; rows score the min of their cells.
     ``success`` = same rows and values as the gold table. Never raises on malformed predictions.
@@ -351,25 +352,27 @@ def score_table(pred: Any, task: WideSearchTask) -> dict[str, float]:
         for r in task.rows:
             nr = {_norm_col(k): _norm_cell(v) for k, v in r.items()}
             gold.setdefault(tuple(nr[k] for k in keys), nr)
-        rows = []
-        seen = set()
+        by_key: dict[tuple, list[list[str]]] = {}
         for r in _as_rows(pred):
             nr = {_norm_col(k): _norm_cell(v) for k, v in r.items()}
             if not all(c in nr for c in cols):
                 return zero  # a required column is missing (WideSearch: column mismatch -> 0)
-            key = tuple(nr[k] for k in keys)
-            if key in seen:
-                continue  # duplicate rows count once
-            seen.add(key)
-            rows.append(nr)
-        if not rows or not gold:
+            by_key.setdefault(tuple(nr[k] for k in keys), []).append([nr[c] for c in cols])
+        if not by_key or not gold:
             return zero
-        item_tp, row_tp = 0.0, 0.0
-        for r in rows:
-            g = gold.get(tuple(r[k] for k in keys))
+
+        def cells_of(key: tuple, vals: list[str]) -> list[float]:
+            g = gold.get(key)
             if g is None:
-                continue
-            cells = [1.0 if (c in keys or r[c] == g[c]) else 0.0 for c in cols]
+                return [0.0] * len(cols)
+            return [1.0 if (c in keys or v == g[c]) else 0.0 for c, v in zip(cols, vals)]
+
+        # rows sharing a key count once; when they disagree, the worst-scoring one counts (ties: the smallest
+        # values), so the score depends neither on the order of the rows nor on listing alternatives
+        rows = [min(cands, key=lambda vals, k=key: (sum(cells_of(k, vals)), vals)) for key, cands in by_key.items()]
+        item_tp, row_tp = 0.0, 0.0
+        for key, vals in zip(by_key, rows):
+            cells = cells_of(key, vals)
             item_tp += sum(cells)
             row_tp += min(cells)
         p = item_tp / (len(rows) * len(cols))

@@ -113,6 +113,9 @@ def train_and_eval():
     world = World(seed=0, scale="smoke")
     train = {c: list(iter_corpus(world, c, 250)) for c in CORPORA}
     evals = {s: make_eval_suite(world, s, 48) for s in SUITES}
+    # the tests below loop over these: an empty corpus or suite would make them pass without checking anything
+    assert len(train) == len(CORPORA) > 0 and all(len(v) == 250 for v in train.values())
+    assert len(evals) == len(SUITES) > 0 and all(len(v) == 48 for v in evals.values())
     return world, train, evals
 
 
@@ -146,10 +149,13 @@ def test_heldout_pairs_and_entities(train_and_eval):
     eval_pairs = {(it.meta["entity"], it.meta["attr"]) for it in evals["TextKnow"]}
     assert eval_pairs and not asked & eval_pairs and eval_pairs <= set(world.qa_pairs("eval"))
     # a held-out entity's picture is only ever paired with its name and look, never with a page fact
+    checked = 0
     for c, items in train.items():
         for it in items:
             if it.images and it.meta.get("entity") in world.heldout_entities:
                 assert it.meta["skill"] in ("caption_entity", "vis_name"), (c, it.meta["skill"])
+                checked += 1
+    assert checked > 0  # the rule above was exercised, not vacuously true
     vk = evals["VisKnow"]
     assert any(it.meta["heldout_entity"] for it in vk) and not all(it.meta["heldout_entity"] for it in vk)
 

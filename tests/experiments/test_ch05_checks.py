@@ -270,7 +270,9 @@ def test_caption_fields_with_an_oracle(world, model):
                   if it.meta["skill"] in CAPTION_FIELDS}.values())  # unique texts: a swap is always wrong
     out = caption_fields(_Oracle(model, items), TOK, items)
     assert out and all(r["acc"] == 1.0 and r["blind"] == 0.0 and r["n"] > 0 for r in out.values())
+    kinds = set(out)
     out = caption_fields(_Oracle(model, items, miss="0123456789"), TOK, items)
+    assert set(out) == kinds
     for kind, r in out.items():
         assert r["acc"] == (0.0 if kind in ("count", "cell", "box") else 1.0), kind
     with pytest.raises(ValueError, match="same token counts"):

@@ -97,6 +97,7 @@ def test_schedules_consume_identical_token_totals_through_the_pipeline(world, mo
 def test_pack_vision_only_masks_padding_and_media(world, model):
     docs = doc_stream(world, ["captions"], TOK, model.media_token_counts, 0, max_len=64)
     steps = pack_vision_only(docs, 2, 2, 64, TOK.pad_id, TOK.media_pad_id)
+    assert len(steps) == 2
     for st in steps:
         pads = st.input_ids == TOK.pad_id
         assert pads.any() and (st.labels[pads] == IGNORE).all()
@@ -262,7 +263,8 @@ def test_ablation_in_worker_processes_equals_one_process(tmp_path):
     two = run_ablation(cfg, runs_dir=tmp_path / "r2", results_dir=tmp_path / "s2", workers=2,
                        log=lambda sch, seed, r: seen.append((sch, seed)))
     assert seen == [("early", 0), ("late", 0)]
-    for a, b in zip(one["runs"], two["runs"]):
+    assert len(one["runs"]) == len(two["runs"]) == 2
+    for a, b in zip(one["runs"], two["runs"], strict=True):
         assert (a["schedule"], a["final"], a["text_curve"]) == (b["schedule"], b["final"], b["text_curve"])
 
 

@@ -214,6 +214,7 @@ def test_varlen_float64_matches_per_document_loop(name):
                 c1, s1 = rope(torch.arange(n)[None], torch.float64)
                 torch.testing.assert_close(attn(x[b : b + 1, s : s + n], c1, s1)[0], y[b, s : s + n], **F64)
                 s += n
+            assert s == doc_ids.shape[1]  # the documents covered the row: no row compared vacuously
 
 
 def test_max_logits_only_over_allowed_positions():

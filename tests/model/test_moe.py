@@ -4,6 +4,7 @@ loop equals a per-token float64 reference, parameter names/counts match count_pa
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 
 import pytest
@@ -25,8 +26,10 @@ from k25mini.model.moe import MoELayer, apply_expert_parallel, moe_aux_loss
 
 
 def _triton_available() -> str | None:
-    if not experts_mod._triton_importable():
-        return "kernels.moe_triton is not importable (kernels/ package missing or incomplete)"
+    # skip only where triton itself is absent (it is a Linux-only dependency); with triton installed, a
+    # kernels.moe_triton that does not import makes the triton-backend tests below fail (RuntimeError), not skip
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (a Linux-only dependency)"
     return None
 
 

@@ -96,7 +96,9 @@ def test_build_optimizer_attaches_the_hook_once_per_step():
     opt.step()  # m: bias updated by the hook, exactly once
     update_moe_biases(ref)  # ref: one explicit update from the same loads
     assert hook.calls == 1
-    for a, b in zip(_biases(m), _biases(ref)):
+    got, want = _biases(m), _biases(ref)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
         assert torch.count_nonzero(a) > 0
         assert torch.equal(a, b)
     assert all(int(layer.load_accum.sum()) == 0 for layer in m.modules() if isinstance(layer, MoELayer))
@@ -155,7 +157,8 @@ def test_trainer_trajectory_identical_to_the_old_explicit_call(kind):
     tr.fit()
     assert [r["loss"] for r in tr.history] == old_losses
     assert tr.optimizer.moe_bias_update.calls == cfg.steps
-    for (name, a), b in zip(new.state_dict().items(), old.state_dict().values()):
+    assert new.state_dict().keys() == old.state_dict().keys()
+    for (name, a), b in zip(new.state_dict().items(), old.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     new_b, old_b = _biases(new), _biases(old)
     assert len(new_b) == 2 and all(torch.count_nonzero(b) > 0 for b in new_b)

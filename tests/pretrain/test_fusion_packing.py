@@ -45,7 +45,9 @@ def test_vision_tracks_plan_within_one_document():
     p, plan = packer("mid", steps=30)
     cum_plan = np.cumsum(plan[:, 0])
     used = 0
-    for i, s in enumerate(p):
+    steps = list(p)
+    assert len(steps) == len(plan) == 30
+    for i, s in enumerate(steps):
         used += s.vision_tokens
         assert 0 <= cum_plan[i] - used <= 64  # carry-over below one document
         if i < 15:
@@ -54,7 +56,9 @@ def test_vision_tracks_plan_within_one_document():
 
 def test_rows_documents_labels_positions():
     p, _ = packer("early", steps=5, rows=2, seq=48)
-    for s in p:
+    steps = list(p)
+    assert len(steps) == 5
+    for s in steps:
         assert s.input_ids.shape == (2, 48)
         n_spans = int((s.input_ids == MB).sum())
         assert len(s.media) == n_spans

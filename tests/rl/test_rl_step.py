@@ -90,7 +90,8 @@ def test_policy_update_equals_the_explicit_loop_with_the_bias_update():
         ref.step()
         update_moe_biases(old)
     assert set(stats) >= {"loss", "masked_frac"}
-    for (k, a), b in zip(new.state_dict().items(), old.state_dict().values()):
+    assert new.state_dict().keys() == old.state_dict().keys()
+    for (k, a), b in zip(new.state_dict().items(), old.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert torch.count_nonzero(_bias(new)) > 0
 

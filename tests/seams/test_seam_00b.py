@@ -19,14 +19,16 @@ def world():
 
 
 def test_read_page_recovers_entity_facts(nb, world):
-    assert set(nb.PAGE_FACTS) == set(ATTRIBUTES)
+    assert set(nb.PAGE_FACTS) == set(ATTRIBUTES) and len(world.entities) > 0
     for e in world.entities:
         facts = nb.read_page(world.pages[f"entity/{e.name.lower()}"])
         assert facts == {"name": e.name, **{a: e.value(a) for a in ATTRIBUTES}}
 
 
 def test_rows_to_markdown_matches_package(nb, world):
-    for task in make_wide_tasks(world, n=4, min_rows=1):
+    tasks = make_wide_tasks(world, n=4, min_rows=1)
+    assert len(tasks) == 4
+    for task in tasks:
         md = nb.rows_to_markdown(task.rows, task.columns)
         assert md == table_to_markdown(task.rows, task.columns)
         assert parse_markdown_table(md) == task.rows

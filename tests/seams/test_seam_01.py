@@ -34,9 +34,10 @@ def test_patches_pack_and_mask_match(nb):
     pics = [nb.make_picture(h, w, seed=i) for i, (h, w) in enumerate([(24, 40), (50, 30), (8, 8)])]
     assert all(p.dtype == np.uint8 and p.shape == (h, w, 3) for p, (h, w) in zip(pics, [(24, 40), (50, 30), (8, 8)]))
     chunks = kv.preprocess(pics, cfg)
+    assert len(chunks) == len(pics)  # one chunk per picture, so the zips below compare every one
     grids = [c.grid_thw[1:] for c in chunks]
     ours = [nb.image_to_patches(p, cfg.patch_size, g) for p, g in zip(pics, grids)]
-    for o, c in zip(ours, chunks):
+    for o, c in zip(ours, chunks, strict=True):
         torch.testing.assert_close(o, c.patches)
     tokens, grid_thw, cu = nb.pack_patches(ours, grids)
     ref = kv.pack([c.patches for c in chunks], [c.grid_thw for c in chunks])

@@ -47,7 +47,7 @@ def test_align_matches_kernels(nb, T, K, E, block_m):
     ids[:, 0] = E - 1
     ours = nb.align_from_scratch(ids, E, block_m)
     ref = kernels.moe_align_reference(ids, E, block_m)
-    for got, name in zip(ours, ("sorted_ids", "block_expert", "padded_offsets", "counts")):
+    for got, name in zip(ours, ("sorted_ids", "block_expert", "padded_offsets", "counts"), strict=True):
         assert torch.equal(got, getattr(ref, name).cpu()), name
 
 
@@ -68,7 +68,7 @@ def test_swiglu_backward_and_dense_baseline(nb):
     up = torch.randn(4, 5, dtype=torch.float64, generator=g, requires_grad=True)
     dh = torch.randn(4, 5, dtype=torch.float64, generator=g)
     auto = torch.autograd.grad(torch.nn.functional.silu(gate) * up, (gate, up), dh)
-    for ours, ref in zip(nb.swiglu_backward(gate.detach(), up.detach(), dh), auto):
+    for ours, ref in zip(nb.swiglu_backward(gate.detach(), up.detach(), dh), auto, strict=True):
         torch.testing.assert_close(ours, ref)
     # with every token on expert 0, the "equal FLOPs" dense baseline is the MoE itself
     x, wgu, wd = torch.randn(6, 8, generator=g), torch.randn(3, 8, 10, generator=g), torch.randn(3, 5, 8, generator=g)

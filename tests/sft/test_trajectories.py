@@ -82,6 +82,7 @@ def test_text_twin_has_no_pixels(world):
 def test_describe_media_says_what_is_drawn(world):
     it = _item(world, "chart")
     d = describe_media(it)
+    assert len(it.meta["truth"]["bars"]) > 0
     for b in it.meta["truth"]["bars"]:
         assert f"{b['colour']} {b['value']}" in d
     with pytest.raises(ValueError, match="no rendered truth"):

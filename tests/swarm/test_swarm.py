@@ -82,7 +82,8 @@ def test_scripted_swarm_beats_single_on_critical_steps(world, tasks):
     wide = [t for t in tasks if t.kind == "wide"]
     single = run_episodes(make_runtime(world, worker, None, ENV, swarm=False, budget=None), wide)
     swarm = run_episodes(make_runtime(world, fan, worker, ENV, swarm=True, budget=None), wide)
-    for es, ew, t in zip(single, swarm, wide):
+    assert len(single) == len(swarm) == len(wide) > 0
+    for es, ew, t in zip(single, swarm, wide, strict=True):
         ms, mw = episode_metrics(es, t), episode_metrics(ew, t)
         assert mw["item_f1"] == pytest.approx(1.0) and ms["item_f1"] == pytest.approx(1.0)
         assert ms["critical_steps"] == ms["total_steps"] == t.n_rows + 1 + len(parse_task(t.text)["regions"])
@@ -96,7 +97,8 @@ def test_budget_makes_serial_infeasible(world, tasks):
     wide = [t for t in tasks if t.kind == "wide" and t.n_rows + 3 > ENV.budget]
     assert wide, "fixture should contain a task longer than the budget"
     eps = run_episodes(make_runtime(world, worker, None, ENV, swarm=False), wide)
-    for e, t in zip(eps, wide):
+    assert len(eps) == len(wide)
+    for e, t in zip(eps, wide, strict=True):
         m = episode_metrics(e, t)
         assert m["critical_steps"] <= ENV.budget and m["item_f1"] < 1.0
 
@@ -109,6 +111,7 @@ def test_lm_policy_garbage_is_observation_not_crash(world, tasks):
     pol = LMPolicy(_small_lm(0), temperature=1.0, max_new_tokens=6, seed=0)  # untrained: emits garbage
     eps = run_episodes(make_runtime(world, pol, LMPolicy(_small_lm(1), frozen=True, max_new_tokens=6), ENV,
                                     swarm=True), tasks[:2])
+    assert len(eps) == 2
     for e in eps:
         assert e.critical_steps <= ENV.budget
         main = [s for s in e.steps if s.role == "main"]
@@ -142,6 +145,7 @@ def test_subagent_tokens_never_in_loss(world, tasks):
     fan = ScriptedSwarmPolicy("orchestrator", p_parallel=1.0, fanout=(3,))
     sub = LMPolicy(_small_lm(1), frozen=True, max_new_tokens=6)
     eps = run_episodes(make_runtime(world, fan, sub, ENV, swarm=True, budget=None), tasks[:2])
+    assert len(eps) == 2
     for e in eps:  # scripted steps carry no logp; give main steps fake ones to see what gets selected
         for s in e.steps:
             if s.role == "main":
@@ -159,7 +163,8 @@ def test_rl_deterministic_by_seed_and_anneal_reaches_zero(world, tasks):
     o1, _, h1 = _rl_run(world, tasks, 5, iterations=2, parl=parl)
     o2, _, h2 = _rl_run(world, tasks, 5, iterations=2, parl=parl)
     assert h1 == h2
-    for (k, a), b in zip(o1.state_dict().items(), o2.state_dict().values()):
+    assert o1.state_dict().keys() == o2.state_dict().keys()
+    for (k, a), b in zip(o1.state_dict().items(), o2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert h1[0]["lambda1"] == 0.5 and h1[1]["lambda1"] == 0.0 and h1[1]["lambda2"] == 0.0
 

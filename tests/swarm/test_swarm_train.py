@@ -64,7 +64,8 @@ def test_sft_keeps_the_old_arithmetic_plus_the_bias_update():
         update_moe_biases(old)
         ref.append(float(loss.detach()))
     assert losses == ref
-    for (k, a), b in zip(new.state_dict().items(), old.state_dict().values()):
+    assert new.state_dict().keys() == old.state_dict().keys()
+    for (k, a), b in zip(new.state_dict().items(), old.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

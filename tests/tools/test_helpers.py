@@ -58,5 +58,6 @@ def test_components_connectivity_and_long_shapes():
 
 
 def test_helper_list_is_complete():
+    assert len(H.HELPERS) > 0
     for name in H.HELPERS:
         assert callable(getattr(H, name)), name

@@ -47,7 +47,9 @@ def world():
 
 @pytest.fixture(scope="module")
 def suites(world):
-    return {s: make_eval_suite(world, s) for s in SUITES}
+    out = {s: make_eval_suite(world, s) for s in SUITES}
+    assert len(out) == len(SUITES) > 0 and all(len(v) > 0 for v in out.values())  # tests loop over these
+    return out
 
 
 def _item(answer, **meta):

@@ -24,6 +24,7 @@ def world():
 
 def test_search_finds_entity_page_first(world):
     web = Web(world)
+    assert len(world.entities) > 0
     for e in world.entities:
         assert web.search(e.name, 3)[0] == f"entity/{e.name.lower()}"
         assert web.search(f"the {e.colour} {e.shape}", 1) == [f"entity/{e.name.lower()}"]  # looks are unique
@@ -115,7 +116,9 @@ def _follow(web, task):
 @pytest.mark.parametrize("hops", [1, 2, 3])
 def test_deep_tasks_are_answerable_by_hopping(world, hops):
     web = Web(world)
-    for t in make_deep_tasks(world, n=6, hops=hops):
+    tasks = make_deep_tasks(world, n=6, hops=hops)
+    assert len(tasks) == 6
+    for t in tasks:
         path, page = _follow(web, t)
         assert path == t.hops and len(t.hops) == hops
         assert t.answer in page

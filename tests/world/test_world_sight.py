@@ -109,6 +109,7 @@ def test_cpu_world_images_sit_on_the_token_grid():
     assert step == 16 and len(w.entities) == 16
     items = [it for s in ("VisKnow", "VisReason", "OCR") for it in make_eval_suite(w, s, 48)]
     items += [corpus_item(w, c, r) for c in ("captions", "ocr", "charts", "video", "vis_reasoning") for r in range(20)]
+    assert sum(len(it.images) for it in items) > 0
     for it in items:
         for img in it.images:
             h, wd = img.shape[-3:-1]
