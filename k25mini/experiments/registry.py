@@ -71,6 +71,11 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         speedrun="k25mini.experiments.ch06_zero_vision.speedrun:speedrun_stages",
         reproduce=("--workers", "{workers}")),
     Experiment(
+        name="vision_rl", chapter="07", title="clipped RL: vision-only RL and the text suites (Table 2)",
+        package="k25mini.experiments.ch07_clipped_rl", results=("vision_rl_cpu.json", "vision_rl/cpu"),
+        section="k25mini.experiments.ch07_clipped_rl.report:section", speedrun=None,
+        reproduce=("--workers", "{workers}")),
+    Experiment(
         name="swarm", chapter="08", title="Agent Swarm trained with PARL",
         package="k25mini.experiments.ch08_swarm", results=("swarm_cpu.json", "swarm_attempts.json"),
         section="k25mini.experiments.ch08_swarm.report:section",

@@ -50,10 +50,11 @@ def rl_iteration(model, optimizer: torch.optim.Optimizer, items: Sequence[Item],
                  loss: str = "kimi_k25", loss_kwargs: dict[str, Any] | None = None, updates: int = 1,
                  grad_clip: float | None = 1.0, max_new_tokens: int = 24, temperature: float = 1.0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, tool=None, max_calls: int = 1,
-                 batch_size: int = 32) -> dict[str, float]:
+                 batch_size: int = 32, ban: Sequence[int] = ()) -> dict[str, float]:
     """One iteration (see the module docstring). Returns the loss's stats of the last update plus ``reward``
     (mean raw reward), ``shaped_reward``, ``response_tokens`` (mean policy tokens per response),
-    ``zero_std_frac``, ``loss`` and ``grad_norm`` (before clipping). The model is left in train mode."""
+    ``zero_std_frac``, ``loss`` and ``grad_norm`` (before clipping). The model is left in train mode. ``ban``:
+    tokens never sampled (without a tool, e.g. the tool-call marker)."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
         raise ValueError("items must be a non-empty sequence of world items")
     if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
@@ -68,9 +69,11 @@ def rl_iteration(model, optimizer: torch.optim.Optimizer, items: Sequence[Item],
     # 1. sample
     if tool is None:
         groups = sample(model, prompts, media, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, generator=generator, batch_size=batch_size)
+                        top_p=top_p, generator=generator, batch_size=batch_size, ban=ban)
         flat = [(s.tokens, [1] * len(s.tokens), s.logprobs, answer_text(tok, s.tokens)) for g in groups for s in g]
     else:
+        if ban:
+            raise ValueError("ban is for rollouts without a tool")
         trajs = rollout_with_tool(model, tok, items, tool, k=k, max_calls=max_calls, max_new_tokens=max_new_tokens,
                                   temperature=temperature, top_p=top_p, generator=generator, batch_size=batch_size)
         flat = [(t.tokens, t.model_mask, t.logprobs, t.answer) for g in trajs for t in g]

@@ -86,10 +86,10 @@ def _check_prompts(prompts: Any, media: Any) -> list:
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
-          banned: int | None = None):
-    """Next tokens [B], their model log-probs and their sampler log-probs (both [B], float32). The ``banned``
-    token (``<|media_pad|>``: a placeholder the vision tower fills, never a word) is never drawn; its mass stays
-    in the model's log-probs, which therefore equal teacher forcing, but not in the sampler's."""
+          banned: list[int] | None = None):
+    """Next tokens [B], their model log-probs and their sampler log-probs (both [B], float32). ``banned`` tokens
+    are never drawn; their mass stays in the model's log-probs, which therefore equal teacher forcing, but not
+    in the sampler's."""
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     if banned is not None:
@@ -111,7 +111,7 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
 @torch.no_grad()
 def _sample_batch(model, tok: Tokenizer, prompts: list[list[int]], media: list, k: int, max_new_tokens: int,
                   temperature: float, top_p: float, stops: frozenset[int],
-                  generator: torch.Generator | None) -> list[Sample]:
+                  generator: torch.Generator | None, banned: list[int]) -> list[Sample]:
     """Samples of one batch, row-major: prompt 0's k samples, then prompt 1's, ..."""
     lm = model.language_model
     logits, state = _prefill(model, tok, prompts, media)
@@ -123,7 +123,7 @@ def _sample_batch(model, tok: Tokenizer, prompts: list[list[int]], media: list, 
     out = [Sample() for _ in range(len(prompts) * k)]
     rows = list(range(len(out)))
     for step in range(max_new_tokens):
-        nxt, lp, slp = _draw(logits, temperature, top_p, generator, tok.media_pad_id)
+        nxt, lp, slp = _draw(logits, temperature, top_p, generator, banned)
         room = (state["lens"] + step < max_pos).tolist()  # can this row's new token still be fed back?
         keep = []
         for r, (t, a, b) in enumerate(zip(nxt.tolist(), lp.tolist(), slp.tolist())):
@@ -150,10 +150,12 @@ def _sample_batch(model, tok: Tokenizer, prompts: list[list[int]], media: list, 
 def sample(model, prompts: Sequence[Sequence[int]], media: Sequence[Sequence] | None = None, *, k: int = 1,
            max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
            stops: Sequence[int] | None = None, generator: torch.Generator | None = None,
-           batch_size: int = 32) -> list[list[Sample]]:
+           batch_size: int = 32, ban: Sequence[int] = ()) -> list[list[Sample]]:
     """``k`` sampled continuations of each of ``prompts`` (token ids, media already expanded to one
     ``<|media_pad|>`` per vision token; ``media[i]`` the images/videos of prompt ``i``): a list per prompt of
     ``k`` :class:`Sample`. ``temperature=0`` is greedy. ``batch_size`` counts prompts (each brings ``k`` rows).
+    ``<|media_pad|>`` (a placeholder the vision tower fills, never a word) and the tokens of ``ban`` (e.g. the
+    tool-call marker, for an environment without tools) are never drawn.
     A prompt longer than the model's positions raises ValueError. The model is left in its training mode."""
     media = _check_prompts(prompts, media)
     _check_int("k", k, 1)
@@ -164,6 +166,11 @@ def sample(model, prompts: Sequence[Sequence[int]], media: Sequence[Sequence] | 
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     tok = Tokenizer()
     stop_set = default_stops(tok) if stops is None else frozenset(int(t) for t in stops)
+    V = model.language_model.config.vocab_size
+    if isinstance(ban, (str, bytes)) or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V
+                                            for t in ban):
+        raise ValueError(f"ban must be a sequence of token ids in [0, {V}), got {ban!r}")
+    banned = sorted({tok.media_pad_id, *ban})
     was_training = model.training
     model.eval()
     try:
@@ -172,7 +179,7 @@ def sample(model, prompts: Sequence[Sequence[int]], media: Sequence[Sequence] | 
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             got = _sample_batch(model, tok, [list(prompts[i]) for i in idx], [m for i in idx for m in media[i]], k,
-                                max_new_tokens, float(temperature), float(top_p), stop_set, generator)
+                                max_new_tokens, float(temperature), float(top_p), stop_set, generator, banned)
             for j, i in enumerate(idx):
                 groups[i] = got[j * k : (j + 1) * k]
         return groups

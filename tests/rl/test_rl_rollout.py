@@ -284,3 +284,19 @@ def test_tool_rollout_call_budget_and_invalid_calls(monkeypatch, model, items):
     t = trajs[0][0]
     assert t.statuses == ["invalid", "over_budget"] and t.calls == 2 and t.valid_calls == 0 and tool.calls == []
     assert t.answer == ""
+
+
+def test_banned_tokens_are_never_drawn(model, items):
+    prompts, media = _prompts(model, items[:4])
+    # ban the 40 most likely first tokens of the first prompt: a real constraint on this model
+    with torch.no_grad():
+        logits, _ = rollout._prefill(model, TOK, prompts[:1], media[0])
+    ban = logits[0].topk(40).indices.tolist()
+    got = sample(model, prompts, media, k=8, max_new_tokens=6, ban=ban, generator=torch.Generator().manual_seed(0))
+    drawn = {t for x in got for s in x for t in s.tokens}
+    assert drawn and not drawn & set(ban) and TOK.media_pad_id not in drawn
+    greedy = sample(model, prompts, media, max_new_tokens=6, temperature=0.0, ban=ban)
+    assert not {t for x in greedy for s in x for t in s.tokens} & set(ban)
+    for bad in ([-1], [10**9], ["a"], "ab", [True]):
+        with pytest.raises(ValueError, match="ban"):
+            sample(model, prompts, media, ban=bad)

@@ -1,0 +1,35 @@
+"""``python -m k25mini.experiments.ch07_clipped_rl [--workers N] [--force] [--seeds ...] [--scale ...]``.
+
+Writes ``results/vision_rl/<scale>/{before,s<seed>}.json`` and ``results/vision_rl_<scale>.json`` (the summary);
+``python -m k25mini.report`` puts Table 2 into docs/reproduction.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from k25mini.experiments.ch07_clipped_rl.config import config_for
+from k25mini.experiments.ch07_clipped_rl.report import section
+from k25mini.experiments.ch07_clipped_rl.run import run_experiment
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Chapter 07: vision-only RL from chapter 06's checkpoint (Table 2)")
+    ap.add_argument("--workers", type=int, default=1, help="seed runs in this many processes (1 thread each)")
+    ap.add_argument("--force", action="store_true", help="rerun even when saved results match the config")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--scale", default=None, help="smoke | cpu | gpu (default: K25_SCALE)")
+    ap.add_argument("--runs-dir", default=None, help="where base checkpoints live or are trained (default runs/)")
+    a = ap.parse_args(argv)
+    over = {"seeds": tuple(a.seeds)} if a.seeds else {}
+    cfg = config_for(a.scale, **over)
+    run_experiment(cfg, runs_dir=a.runs_dir, workers=a.workers, force=a.force)
+    print(section(scale=cfg.scale))
+    print("docs/reproduction.md: run `python -m k25mini.report` to regenerate it")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
