@@ -73,7 +73,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         name="vision_rl", chapter="07", title="clipped RL: vision-only RL and the text suites (Table 2)",
         package="k25mini.experiments.ch07_clipped_rl", results=("vision_rl_cpu.json", "vision_rl/cpu"),
-        section="k25mini.experiments.ch07_clipped_rl.report:section", speedrun=None,
+        section="k25mini.experiments.ch07_clipped_rl.report:section",
+        speedrun="k25mini.experiments.ch07_clipped_rl.speedrun:speedrun_stages",
         reproduce=("--workers", "{workers}")),
     Experiment(
         name="swarm", chapter="08", title="Agent Swarm trained with PARL",

@@ -50,11 +50,14 @@ def rl_iteration(model, optimizer: torch.optim.Optimizer, items: Sequence[Item],
                  loss: str = "kimi_k25", loss_kwargs: dict[str, Any] | None = None, updates: int = 1,
                  grad_clip: float | None = 1.0, max_new_tokens: int = 24, temperature: float = 1.0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, tool=None, max_calls: int = 1,
-                 batch_size: int = 32, ban: Sequence[int] = ()) -> dict[str, float]:
+                 batch_size: int = 32, ban: Sequence[int] = (), sampler=None) -> dict[str, float]:
     """One iteration (see the module docstring). Returns the loss's stats of the last update plus ``reward``
     (mean raw reward), ``shaped_reward``, ``response_tokens`` (mean policy tokens per response),
-    ``zero_std_frac``, ``loss`` and ``grad_norm`` (before clipping). The model is left in train mode. ``ban``:
-    tokens never sampled (without a tool, e.g. the tool-call marker)."""
+    ``zero_std_frac``, ``loss`` and ``grad_norm`` (before clipping, last update), and of the first update
+    ``first_log_ratio_std`` / ``first_log_ratio_absmax`` (log pi_theta - log pi_old over the policy tokens: the
+    train-inference mismatch before any learning) and ``first_grad_norm``. The model is left in train mode.
+    ``ban``: tokens never sampled (without a tool, e.g. the tool-call marker). ``sampler``: a model to sample
+    from instead of ``model`` (an "inference engine" whose numbers differ; its log-probs are pi_old)."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
         raise ValueError("items must be a non-empty sequence of world items")
     if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
@@ -64,17 +67,18 @@ def rl_iteration(model, optimizer: torch.optim.Optimizer, items: Sequence[Item],
         raise ValueError(f"grad_clip must be None or a number > 0, got {grad_clip!r}")
     loss_fn = get_loss(loss)
     tok = Tokenizer()
+    actor = model if sampler is None else sampler
     prompts = [prompt_ids(it, tok, model.media_token_counts) for it in items]
     media = [it.images for it in items]
     # 1. sample
     if tool is None:
-        groups = sample(model, prompts, media, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
+        groups = sample(actor, prompts, media, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, generator=generator, batch_size=batch_size, ban=ban)
         flat = [(s.tokens, [1] * len(s.tokens), s.logprobs, answer_text(tok, s.tokens)) for g in groups for s in g]
     else:
         if ban:
             raise ValueError("ban is for rollouts without a tool")
-        trajs = rollout_with_tool(model, tok, items, tool, k=k, max_calls=max_calls, max_new_tokens=max_new_tokens,
+        trajs = rollout_with_tool(actor, tok, items, tool, k=k, max_calls=max_calls, max_new_tokens=max_new_tokens,
                                   temperature=temperature, top_p=top_p, generator=generator, batch_size=batch_size)
         flat = [(t.tokens, t.model_mask, t.logprobs, t.answer) for g in trajs for t in g]
     # 2. reward (and shape)
@@ -107,22 +111,31 @@ def rl_iteration(model, optimizer: torch.optim.Optimizer, items: Sequence[Item],
         attach_moe_bias_update(optimizer, model)  # no-op without MoE layers
     model.train()
     stats: dict[str, float] = {}
+    first: dict[str, float] = {}
     gn = 0.0
-    for _ in range(updates):
+    for u in range(updates):
         logp, real = sequence_logprobs(model, flat_prompts, flat_media, conts)
         logp = torch.nn.functional.pad(logp, (0, L - logp.shape[1])) if logp.shape[1] < L else logp
         mask = pmask & torch.nn.functional.pad(real, (0, L - real.shape[1])) if real.shape[1] < L else pmask & real
         if not bool(mask.any()):
             raise ValueError("no policy tokens to train on (every response is empty)")
         value, stats = loss_fn(logp, old, adv, mask, **(loss_kwargs or {}))
+        if u == 0:
+            with torch.no_grad():
+                lr0 = (logp.detach() - old)[mask]
+            first = {"first_log_ratio_std": float(lr0.std()) if lr0.numel() > 1 else 0.0,
+                     "first_log_ratio_absmax": float(lr0.abs().max())}
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         params = [p for p in model.parameters() if p.grad is not None]
         gn = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        if u == 0:
+            first["first_grad_norm"] = gn
         if grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, grad_clip, torch.tensor(gn))
         optimizer.step()
         stats["loss"] = float(value.detach())
+    stats.update(first)
     stats.update(reward=sum(raw) / len(raw), shaped_reward=sum(shaped) / len(shaped),
                  response_tokens=sum(lengths) / len(lengths), zero_std_frac=zero_std, grad_norm=gn)
     return stats

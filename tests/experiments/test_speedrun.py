@@ -23,7 +23,7 @@ def test_speedrun_trains_every_stage_and_writes_the_card(first):
     d, rec = first
     keys = list(rec["stages"])
     assert keys[:2] == ["configs", "world"] and keys.index("text") < keys.index("vit") < keys.index("joint") \
-        < keys.index("sft") < keys.index("swarm")
+        < keys.index("sft") < keys.index("rl") < keys.index("swarm")
     assert all(v["status"] == "ok" and not v["reused"] and not v["resumed"] for v in rec["stages"].values())
     assert rec["complete"] and rec["schema"] == 2 and rec["provenance"]["source_hash"]
     disk = json.loads((d / "results" / "speedrun_smoke.json").read_text())
@@ -32,11 +32,14 @@ def test_speedrun_trains_every_stage_and_writes_the_card(first):
     assert "| finding | paper | committed | ours | verdict |" in card and "Table 1, early fusion, OCR" in card
     assert "swarm: fewer critical steps" in card and "REUSED" not in card
     assert "zero-vision SFT + tool vs direct, count (ch. 06)" in card
+    assert "vision RL moves text: TextKnow (ch. 07, Table 2)" in card
     # one model's life: the SFT stage starts from the joint checkpoint, the swarm from the SFT checkpoint
     sft = json.loads((d / "runs" / "results" / "zero_vision_sft" / "smoke" / "zero_vision-s0.json").read_text())
     assert "early-s0" in sft["base_checkpoint"] and sft["sandbox"]
+    rl = json.loads((d / "runs" / "results" / "vision_rl" / "smoke" / "s0.json").read_text())
+    assert "zero_vision-s0" in rl["base_checkpoint"] and rl["curve"]
     swarm = json.loads((d / "runs" / "results" / "swarm_smoke.json").read_text())
-    assert swarm["config"]["init_from"].endswith("zero_vision-s0")
+    assert swarm["config"]["init_from"].endswith("zero_vision-s0")  # RL keeps no checkpoint yet
 
 
 def test_speedrun_gives_identical_numbers_twice_and_resumes(first, tmp_path):
@@ -46,7 +49,7 @@ def test_speedrun_gives_identical_numbers_twice_and_resumes(first, tmp_path):
     assert json.dumps(_metrics(again), sort_keys=True) == json.dumps(_metrics(rec), sort_keys=True)
     resumed = speedrun.run("smoke", runs_dir=d / "runs", results_dir=d / "results",
                            docs_dir=tmp_path / "docs2", progress=False, log=lambda m: None)
-    for k in ("text", "vit", "joint", "sft", "swarm"):
+    for k in ("text", "vit", "joint", "sft", "rl", "swarm"):
         assert resumed["stages"][k]["resumed"], k
         # the record keeps the time the stage took to train, not the seconds it took to find it finished
         assert resumed["stages"][k]["trained_seconds"] == rec["stages"][k]["trained_seconds"] > 0, k
@@ -68,6 +71,10 @@ def test_reuse_replays_committed_results_and_flags_stale_ones(first, tmp_path, c
     for f in ("no_sft.json", "zero_vision-s0.json"):
         src = d / "runs" / "results" / "zero_vision_sft" / "smoke" / f
         (committed / "zero_vision_sft" / "smoke" / f).write_text(src.read_text())
+    (committed / "vision_rl" / "smoke").mkdir(parents=True)
+    for f in ("before.json", "s0.json"):
+        src = d / "runs" / "results" / "vision_rl" / "smoke" / f
+        (committed / "vision_rl" / "smoke" / f).write_text(src.read_text())
     lines = []
     out = speedrun.run("smoke", mode="reuse", runs_dir=tmp_path / "none", results_dir=committed,
                        docs_dir=tmp_path / "docs", progress=False, log=lines.append)

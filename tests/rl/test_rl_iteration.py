@@ -131,3 +131,23 @@ def test_bad_arguments(items, bad, match):
     its = kw.pop("items")
     with pytest.raises((ValueError, KeyError), match=match):
         rl_iteration(m, torch.optim.SGD(m.parameters(), lr=0.0), its, **kw)
+
+
+def test_a_separate_sampler_gives_pi_old_and_the_first_update_sees_the_mismatch(items):
+    import copy as _copy
+
+    m = _model(4)
+    same = rl_iteration(m, torch.optim.SGD(m.parameters(), lr=0.0), items, k=2, max_new_tokens=4,
+                        generator=torch.Generator().manual_seed(0), sampler=_copy.deepcopy(m))
+    assert same["first_log_ratio_absmax"] < 1e-4  # an identical sampler: no mismatch (fp noise only)
+    noisy = _copy.deepcopy(m)
+    with torch.no_grad():
+        for p in noisy.language_model.parameters():
+            if p.numel() > 1:
+                p.add_(0.05 * p.std() * torch.randn_like(p))
+    st = rl_iteration(m, torch.optim.SGD(m.parameters(), lr=0.0), items, k=2, max_new_tokens=4,
+                      generator=torch.Generator().manual_seed(0), sampler=noisy)
+    assert st["first_log_ratio_std"] > 0.01 and st["first_log_ratio_absmax"] > 0.05
+    assert st["first_grad_norm"] > 0
+    with torch.no_grad():  # the sampler's weights were used for sampling, not changed
+        assert any(not torch.equal(a, b) for a, b in zip(noisy.parameters(), m.parameters()))

@@ -9,7 +9,11 @@ from k25mini.experiments.ch07_clipped_rl.config import EXPERIMENT, PACKAGE, PAPE
 from k25mini.experiments.results import read_json, staleness
 from k25mini.experiments.results import results_dir as resolve_results_dir
 
-__all__ = ["section", "markdown_table"]
+__all__ = ["section", "markdown_table", "mismatch_section", "MISMATCH_TITLES"]
+
+MISMATCH_TITLES = {"pg": "policy gradient × ρ, no mask", "mask": "mask only (τ = 0)",
+                   "mask_tau": "mask + τ on kept tokens (default)", "mask_tau_all": "mask + τ on every token",
+                   "control": "mask + τ, no injected mismatch"}
 
 
 def _pm(d: dict[str, Any], k: float = 100.0, sign: bool = False) -> str:
@@ -30,12 +34,44 @@ def markdown_table(res: dict[str, Any]) -> list[str]:
     return rows
 
 
+def mismatch_section(results_dir: str | Path | None = None, scale: str = "cpu") -> list[str]:
+    """The train–inference mismatch ablation's table (empty when it has not been run)."""
+    res = read_json(resolve_results_dir(results_dir) / f"rl_mismatch_{scale}.json")
+    if res is None:
+        return []
+    lines = ["### Why the mask: a train–inference mismatch, injected", ""]
+    flag = staleness(res, "k25mini.experiments.ch07_clipped_rl.mismatch")
+    if flag:
+        lines += [f"> **{flag}**", ""]
+    cfg = res["config"]
+    thr = "–" if res["spike_threshold"] is None else f"{res['spike_threshold']:.2f}"
+    lines += [f"Each iteration samples from a copy of the policy with Gaussian weight noise (σ = {cfg['sigma']} × each "
+              f"tensor's std) and trains the policy on those samples, {cfg['updates']} optimiser steps per batch, "
+              f"{cfg['iterations']} iterations, seeds {cfg['seeds']}; mean ± std over seeds. Gradient norms are "
+              "before clipping; a spike is an iteration above 10× the control's median "
+              f"({thr}). Reward: mean of the "
+              f"first and last {res['window']} iterations.", "",
+              "| arm | log ρ std (1st step) | masked | grad norm median | grad norm max | spikes "
+              "| reward first → last |",
+              "|---|---|---|---|---|---|---|"]
+    for arm in MISMATCH_TITLES:
+        t = res["table"].get(arm)
+        if t is None:
+            continue
+        sp = "–" if t["spikes"] is None else _pm(t["spikes"], 1.0)
+        lines.append(f"| {MISMATCH_TITLES[arm]} | {_pm(t['log_ratio_std'], 1.0)} | {_pm(t['masked_frac'])} % | "
+                     f"{_pm(t['grad_norm_median'], 1.0)} | {_pm(t['grad_norm_max'], 1.0)} | {sp} | "
+                     f"{_pm(t['reward_first'], 1.0)} → {_pm(t['reward_last'], 1.0)} |")
+    return lines + [""]
+
+
 def section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None, scale: str = "cpu") -> str:
     """The registry's entry point."""
     res = read_json(resolve_results_dir(results_dir) / f"{EXPERIMENT}_{scale}.json")
     title = f"## Vision RL improves text? Table 2 (chapter 07, {PAPER['section']}, scale `{scale}`)"
     if res is None:
-        return f"{title}\n\nNo results yet: run `python -m k25mini.experiments.ch07_clipped_rl`.\n"
+        return "\n".join([title, "", "No results yet: run `python -m k25mini.experiments.ch07_clipped_rl`.", "",
+                          *mismatch_section(results_dir, scale)])
     lines = [title, ""]
     flag = staleness(res, PACKAGE)
     if flag:
@@ -57,4 +93,5 @@ def section(results_dir: str | Path | None = None, docs_dir: str | Path | None =
     d = res["text_direction"]
     lines += ["", "Direction on the text suites (`up`/`down`/`flat` only when every seed agrees): "
               + ", ".join(f"{s} **{d[s]}**" for s in TEXT_SUITES) + ".", ""]
+    lines += mismatch_section(results_dir, scale)
     return "\n".join(lines)
