@@ -16,9 +16,9 @@ MISMATCH_TITLES = {"pg": "policy gradient × ρ, no mask", "mask": "mask only (�
                    "control": "mask + τ, no injected mismatch"}
 
 
-def _pm(d: dict[str, Any], k: float = 100.0, sign: bool = False) -> str:
-    f = "+.1f" if sign else ".1f"
-    return f"{d['mean'] * k:{f}} ± {d['std'] * k:.1f}" if d["n"] > 1 else f"{d['mean'] * k:{f}}"
+def _pm(d: dict[str, Any], k: float = 100.0, sign: bool = False, digits: int = 1) -> str:
+    f = f"{'+' if sign else ''}.{digits}f"
+    return f"{d['mean'] * k:{f}} ± {d['std'] * k:.{digits}f}" if d["n"] > 1 else f"{d['mean'] * k:{f}}"
 
 
 def markdown_table(res: dict[str, Any]) -> list[str]:
@@ -59,9 +59,10 @@ def mismatch_section(results_dir: str | Path | None = None, scale: str = "cpu") 
         if t is None:
             continue
         sp = "–" if t["spikes"] is None else _pm(t["spikes"], 1.0)
-        lines.append(f"| {MISMATCH_TITLES[arm]} | {_pm(t['log_ratio_std'], 1.0)} | {_pm(t['masked_frac'])} % | "
-                     f"{_pm(t['grad_norm_median'], 1.0)} | {_pm(t['grad_norm_max'], 1.0)} | {sp} | "
-                     f"{_pm(t['reward_first'], 1.0)} → {_pm(t['reward_last'], 1.0)} |")
+        lines.append(f"| {MISMATCH_TITLES[arm]} | {_pm(t['log_ratio_std'], 1.0, digits=3)} | "
+                     f"{_pm(t['masked_frac'])} % | "
+                     f"{_pm(t['grad_norm_median'], 1.0, digits=2)} | {_pm(t['grad_norm_max'], 1.0, digits=2)} | {sp} | "
+                     f"{_pm(t['reward_first'], 1.0, digits=3)} → {_pm(t['reward_last'], 1.0, digits=3)} |")
     return lines + [""]
 
 
@@ -88,7 +89,7 @@ def section(results_dir: str | Path | None = None, docs_dir: str | Path | None =
               f"{cfg['optimizer']} lr {cfg['lr']}, no tool in the environment; seeds {cfg['seeds']}. All six suites "
               f"on chapter 05's held-out items ({cfg['eval_items']} each), greedy; accuracy in %, mean ± std over "
               f"seeds. Mean training reward, first → last {c['window']} iterations: "
-              f"{_pm(c['first'], 1.0)} → {_pm(c['last'], 1.0)}.", ""]
+              f"{_pm(c['first'], 1.0, digits=3)} → {_pm(c['last'], 1.0, digits=3)}.", ""]
     lines += markdown_table(res)
     d = res["text_direction"]
     lines += ["", "Direction on the text suites (`up`/`down`/`flat` only when every seed agrees): "
