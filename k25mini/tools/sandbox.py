@@ -441,13 +441,6 @@ import numpy as np
 exec(compile(open({helpers!r}).read(), 'k25mini_helpers', 'exec'))
 del HELPERS
 print(end='', flush=True); print(end='', file=sys.stderr, flush=True)  # start ipykernel's lazy output threads
-def _k25_forked_child_exits(*_a, _pid=__import__('os').getpid(), _exit=__import__('os')._exit):
-    # a child made by os.fork() in user code that falls back into the kernel loop would share the kernel's
-    # sockets and compete with it; it ends here instead (the sweep in CodeTool.run catches the rest)
-    if __import__('os').getpid() != _pid:
-        _exit(0)
-get_ipython().events.register('post_run_cell', _k25_forked_child_exits)
-del _k25_forked_child_exits
 """
 
 
