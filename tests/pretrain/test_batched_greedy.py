@@ -10,7 +10,6 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.multimodal import K25ForConditionalGeneration
 from k25mini.pretrain.docs import item_to_doc, prompt_ids
 from k25mini.pretrain.evaluate import (
-    NEWLINE,
     _decode,
     _prefill,
     evaluate_items,
@@ -19,6 +18,7 @@ from k25mini.pretrain.evaluate import (
 )
 from k25mini.pretrain.packing import IGNORE
 from k25mini.world import World, make_eval_suite, score
+from tests.rl.printable import printable_model
 
 TOK = Tokenizer()
 MAX_NEW = 12
@@ -42,15 +42,7 @@ def items():
 def random_model():
     """Random init, lm_head restricted to printable ASCII + eos + newline (scaled up): answers are distinct,
     non-empty strings instead of runs of replacement characters."""
-    torch.manual_seed(0)
-    m = K25ForConditionalGeneration(preset("nano"))
-    w = m.language_model.lm_head.weight
-    with torch.no_grad():
-        keep = torch.zeros(w.shape[0], dtype=torch.bool)
-        keep[32:127] = True
-        keep[[NEWLINE, TOK.eos_id]] = True
-        w.mul_(keep[:, None] * 4.0)
-    return m
+    return printable_model(0, gain=4.0)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,13 @@ import copy
 import pytest
 import torch
 
-from k25mini.config import preset
 from k25mini.data.tokenizer import Tokenizer
-from k25mini.multimodal import K25ForConditionalGeneration
 from k25mini.pretrain.docs import prompt_ids
-from k25mini.pretrain.evaluate import NEWLINE
 from k25mini.rl.iteration import answer_text, rl_iteration
 from k25mini.rl.rollout import sample
 from k25mini.rl.toggle import Toggle
 from k25mini.world import World, make_eval_suite
+from tests.rl.printable import printable_model
 
 TOK = Tokenizer()
 
@@ -28,15 +26,7 @@ def items():
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    m = K25ForConditionalGeneration(preset("nano"))
-    w = m.language_model.lm_head.weight
-    with torch.no_grad():
-        keep = torch.zeros(w.shape[0], dtype=torch.bool)
-        keep[32:127] = True
-        keep[[NEWLINE, TOK.eos_id]] = True
-        w.mul_(keep[:, None] * 3.0)
-    return m
+    return printable_model(seed)
 
 
 def _low_first_char(item, text):

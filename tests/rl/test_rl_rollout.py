@@ -21,6 +21,7 @@ from k25mini.rl import rollout
 from k25mini.rl.rollout import rollout_with_tool, sample, sequence_logprobs
 from k25mini.sft.trajectories import call_text
 from k25mini.world import World, make_eval_suite
+from tests.rl.printable import printable_model
 
 TOK = Tokenizer()
 # fp32 on CPU: the sampler's logits come from a left-padded prefill plus incremental absorbed-MLA decode steps,
@@ -42,15 +43,7 @@ def items():
 @pytest.fixture(scope="module")
 def model():
     """Random init with the lm_head scaled up over printable ASCII + eos + newline: peaked, varied samples."""
-    torch.manual_seed(0)
-    m = K25ForConditionalGeneration(preset("nano"))
-    w = m.language_model.lm_head.weight
-    with torch.no_grad():
-        keep = torch.zeros(w.shape[0], dtype=torch.bool)
-        keep[32:127] = True
-        keep[[NEWLINE, TOK.eos_id]] = True
-        w.mul_(keep[:, None] * 3.0)
-    return m.eval()
+    return printable_model(0).eval()
 
 
 def _prompts(model, items):
