@@ -9,7 +9,8 @@ from k25mini.experiments.ch07_clipped_rl.config import EXPERIMENT, PACKAGE, PAPE
 from k25mini.experiments.results import read_json, staleness
 from k25mini.experiments.results import results_dir as resolve_results_dir
 
-__all__ = ["section", "markdown_table", "mismatch_section", "MISMATCH_TITLES"]
+__all__ = ["section", "markdown_table", "mismatch_section", "MISMATCH_TITLES", "toggle_section", "toggle_figure",
+           "TOGGLE_TITLES"]
 
 MISMATCH_TITLES = {"pg": "policy gradient × ρ, no mask", "mask": "mask only (τ = 0)",
                    "mask_tau": "mask + τ on kept tokens (default)", "mask_tau_all": "mask + τ on every token",
@@ -66,13 +67,96 @@ def mismatch_section(results_dir: str | Path | None = None, scale: str = "cpu") 
     return lines + [""]
 
 
+TOGGLE_TITLES = {"off": "no length control", "always": "budget always on", "toggle": "Toggle"}
+_TOGGLE_COLOURS = {"off": "tab:gray", "always": "tab:red", "toggle": "tab:blue"}
+
+
+def toggle_figure(res: dict[str, Any], path: Path | None = None):
+    """Greedy response tokens and accuracy on the frozen questions against RL iterations: one thin line per seed,
+    the seed mean thick, one colour per mode. Saved to ``path`` if given; returns the figure."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for mode, per_seed in res["curves"].items():
+        c = _TOGGLE_COLOURS.get(mode)
+        xs = [e["it"] for e in next(iter(per_seed.values()))]
+        for key, ax in zip(("tokens", "acc"), axes):
+            k = 100.0 if key == "acc" else 1.0
+            ys = np.asarray([[k * e[key] for e in curve] for curve in per_seed.values()])
+            for y in ys:
+                ax.plot(xs, y, color=c, lw=0.7, alpha=0.45)
+            ax.plot(xs, ys.mean(axis=0), color=c, lw=2, marker="o", ms=3, label=TOGGLE_TITLES.get(mode, mode))
+    axes[0].set_ylabel("response tokens (greedy, mean)")
+    axes[1].set_ylabel("accuracy on held-out questions (%)")
+    for ax in axes:
+        ax.set_xlabel("RL iteration")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Toggle vs a rigid budget vs no length control (thin: seeds, thick: mean)", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def toggle_section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None,
+                   scale: str = "cpu") -> list[str]:
+    """The Toggle experiment's table and figure (empty when it has not been run)."""
+    res = read_json(resolve_results_dir(results_dir) / f"rl_toggle_{scale}.json")
+    if res is None:
+        return []
+    lines = ["### Toggle: fewer response tokens at the same accuracy? (arXiv 2602.02276 §4.4)", ""]
+    flag = staleness(res, "k25mini.experiments.ch07_clipped_rl.toggle")
+    if flag:
+        lines += [f"> **{flag}**", ""]
+    if docs_dir is not None:
+        rel = f"figures/ch07_toggle_{scale}.png"
+        toggle_figure(res, Path(docs_dir) / rel)
+        lines += [f"![Toggle: response tokens and accuracy against RL iterations]({rel})", ""]
+    cfg, b = res["config"], res["before"]["greedy"]
+    mix = ", ".join(f"{s} {w:g}" for s, w in cfg["style_mix"])
+    lines += [f"Paper: {res['paper']['claim']}.", "",
+              f"Ours: chapter 06's zero-vision checkpoint, then {cfg['sft_steps']} SFT steps on worked solutions "
+              f"of the "
+              f"world's arithmetic questions in three styles ({mix}); then {cfg['iterations']} RL iterations × "
+              f"{cfg['items_per_iter']} questions × {cfg['k']} samples in each mode, the same prompts and seeds "
+              f"(matched budgets). Budget: the {cfg['rho']:g}th percentile of correct response lengths, measured once "
+              f"per seed; λ {cfg['lam']}, m {cfg['m']}. {cfg['eval_items']} held-out questions, frozen before any run; "
+              f"greedy unless noted. Before RL: accuracy {100 * b['acc']:.1f} %, {b['tokens']:.1f} tokens. "
+              f"Seeds {cfg['seeds']}; mean ± std; changes are against `off` of the same seed.", "",
+              "| mode | accuracy | tokens | token change | accuracy change (pts) | per seed (tokens %, acc pts) "
+              "| sampled T=1: token change, acc change |",
+              "|---|---|---|---|---|---|---|"]
+    for mode, t in res["table"].items():
+        if "token_change_pct" in t:
+            per = "; ".join(f"{tc:+.1f} %, {ac:+.1f}" for tc, ac in
+                            zip(t["token_change_pct"]["values"], t["acc_change_pts"]["values"]))
+            ch = (f"{_pm(t['token_change_pct'], 1.0, sign=True)} % | {_pm(t['acc_change_pts'], 1.0, sign=True)} | "
+                  f"{per} | {_pm(t['sampled_token_change_pct'], 1.0, sign=True)} %, "
+                  f"{_pm(t['sampled_acc_change_pts'], 1.0, sign=True)} |")
+        else:
+            ch = "– | – | – | – |"
+        lines.append(f"| {TOGGLE_TITLES.get(mode, mode)} | {_pm(t['acc'])} | {_pm(t['tokens'], 1.0)} | {ch}")
+    st = {m: t["styles"] for m, t in res["table"].items()}
+    lines += ["", "Response styles at the end (greedy, seed mean): " + "; ".join(
+        f"{TOGGLE_TITLES.get(m, m)}: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in s.items() if v > 0)
+        for m, s in st.items()) + ".", ""]
+    return lines
+
+
 def section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None, scale: str = "cpu") -> str:
     """The registry's entry point."""
     res = read_json(resolve_results_dir(results_dir) / f"{EXPERIMENT}_{scale}.json")
     title = f"## Vision RL improves text? Table 2 (chapter 07, {PAPER['section']}, scale `{scale}`)"
     if res is None:
         return "\n".join([title, "", "No results yet: run `python -m k25mini.experiments.ch07_clipped_rl`.", "",
-                          *mismatch_section(results_dir, scale)])
+                          *mismatch_section(results_dir, scale), *toggle_section(results_dir, docs_dir, scale)])
     lines = [title, ""]
     flag = staleness(res, PACKAGE)
     if flag:
@@ -95,4 +179,5 @@ def section(results_dir: str | Path | None = None, docs_dir: str | Path | None =
     lines += ["", "Direction on the text suites (`up`/`down`/`flat` only when every seed agrees): "
               + ", ".join(f"{s} **{d[s]}**" for s in TEXT_SUITES) + ".", ""]
     lines += mismatch_section(results_dir, scale)
+    lines += toggle_section(results_dir, docs_dir, scale)
     return "\n".join(lines)

@@ -353,7 +353,7 @@ def run_toggle(cfg: ToggleConfig, runs_dir: Path | None = None, results_dir: Pat
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, workers))  # the SFT runs alone: let it use the cores the workers will
+    torch.set_num_threads(1)  # one thread, as every worker: two threads on a busy machine are slower than one
     base = toggle_base(cfg, runs_dir, log)
     jobs: list[tuple[str | None, int | None]] = [(None, None)] + [(m, s) for s in cfg.seeds for m in cfg.modes]
     if workers == 1:
