@@ -10,9 +10,13 @@ from k25mini.plan.memory import (
     Precision,
     activation_bytes,
     activation_elems_per_token,
+    best_plan,
+    candidate_plans,
     kv_cache_bytes,
     param_specs,
     plan_memory,
+    serving_plan,
+    smallest_plan,
 )
 
 __all__ = [
@@ -24,7 +28,11 @@ __all__ = [
     "Precision",
     "activation_bytes",
     "activation_elems_per_token",
+    "best_plan",
+    "candidate_plans",
     "kv_cache_bytes",
     "param_specs",
     "plan_memory",
+    "serving_plan",
+    "smallest_plan",
 ]

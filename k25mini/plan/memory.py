@@ -43,6 +43,10 @@ __all__ = [
     "activation_bytes",
     "kv_cache_bytes",
     "plan_memory",
+    "candidate_plans",
+    "best_plan",
+    "smallest_plan",
+    "serving_plan",
     "GIB",
 ]
 
@@ -353,6 +357,7 @@ class MemoryPlan:
     recompute_peak: float
     elems: dict[str, float] = field(default_factory=dict)
     by_stage: list[float] = field(default_factory=list)
+    offload: bool = False  # master copy + optimizer state live in host memory (K2 §2.4.2 on small clusters)
 
     @property
     def states(self) -> float:
@@ -360,28 +365,36 @@ class MemoryPlan:
         return self.params + self.grads + self.master + self.optimizer
 
     @property
+    def host(self) -> float:
+        """Bytes kept in host memory (the master copy and optimizer state when ``offload``)."""
+        return self.master + self.optimizer if self.offload else 0.0
+
+    @property
     def total(self) -> float:
-        return self.states + self.gather_buffers + self.activations + self.recompute_peak
+        """GPU bytes (host-offloaded state excluded)."""
+        return self.states - self.host + self.gather_buffers + self.activations + self.recompute_peak
 
     def fits(self, gpu_mem_gib: float, reserve: float = 0.1) -> bool:
         """Whether ``total`` fits in ``gpu_mem_gib`` GiB minus a ``reserve`` fraction (allocator, NCCL, kernels)."""
         return self.total <= gpu_mem_gib * GIB * (1 - reserve)
 
     def rows(self) -> list[tuple[str, float]]:
-        return [("parameters", self.params), ("gradients", self.grads), ("fp32 master", self.master),
-                ("optimizer state", self.optimizer), ("FSDP all-gather buffers", self.gather_buffers),
+        where = " (host)" if self.offload else ""
+        return [("parameters", self.params), ("gradients", self.grads), ("fp32 master" + where, self.master),
+                ("optimizer state" + where, self.optimizer), ("FSDP all-gather buffers", self.gather_buffers),
                 ("activations (stored)", self.activations), ("recompute peak", self.recompute_peak),
                 ("total", self.total)]
 
 
 def plan_memory(config: ModelConfig | TextConfig, mesh: Mesh, *, precision: str | Precision = "bf16",
                 micro_batch: int = 1, seq_len: int = 4096, checkpointing: bool = True,
-                optimizer: str = "muon") -> MemoryPlan:
+                optimizer: str = "muon", offload: bool = False, attention: str = "flash") -> MemoryPlan:
     """Per-GPU memory of one training step of ``config`` on ``mesh`` (see the module docstring).
 
     ``optimizer``: ``muon`` (MuonClip: Muon momentum for matrices, AdamW moments for the rest) or ``adamw``
     (two moments for everything). Activations: one micro-batch ``[micro_batch, seq_len]``, ``pp`` of them in flight
-    on stage 0 (1F1B). Returns the plan of the stage with the largest total.
+    on stage 0 (1F1B). ``offload``: the master copy and optimizer state stay in host memory (not in ``total``).
+    Returns the plan of the stage with the largest total.
     """
     if isinstance(config, TextConfig):
         config = ModelConfig(text=config)
@@ -393,6 +406,8 @@ def plan_memory(config: ModelConfig | TextConfig, mesh: Mesh, *, precision: str 
         raise ValueError(f"optimizer must be 'muon' or 'adamw', got {optimizer!r}")
     if not isinstance(checkpointing, bool):
         raise ValueError(f"checkpointing must be True or False, got {checkpointing!r}")
+    if not isinstance(offload, bool):
+        raise ValueError(f"offload must be True or False, got {offload!r}")
     prec = _precision(precision)
     t = config.text
     if t.n_routed_experts % mesh.ep:
@@ -433,12 +448,96 @@ def plan_memory(config: ModelConfig | TextConfig, mesh: Mesh, *, precision: str 
             big = max(layer_gather[False] if dense else 0.0, layer_gather[True] if moe else 0.0)
             gather = 2 * big * prec.param
         act = activation_bytes(config, micro_batch, seq_len, checkpointing=checkpointing, precision=prec,
-                               layers=(dense, moe), head=(s == mesh.pp - 1), in_flight=mesh.pp - s)
+                               layers=(dense, moe), head=(s == mesh.pp - 1), in_flight=mesh.pp - s,
+                               attention=attention)
         plans.append(MemoryPlan(
             mesh=mesh, precision=prec.name, stage=s, params=held * prec.param, grads=held * prec.grad,
             optimizer=states * prec.state, master=opt_shard * prec.master, gather_buffers=gather,
             activations=act["stored"], recompute_peak=act["recompute_peak"],
-            elems={"held": held, "optimizer_shard": opt_shard, **elems}))
+            elems={"held": held, "optimizer_shard": opt_shard, **elems}, offload=offload))
     worst = max(plans, key=lambda p: p.total)
     worst.by_stage = [p.total for p in plans]
     return worst
+
+
+# --------------------------------------------------------------------------------------------
+# Search over meshes, and serving
+# --------------------------------------------------------------------------------------------
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_plans(config: ModelConfig, gpus: int, *, shardings: tuple[str, ...] = SHARDINGS,
+                    pps: tuple[int, ...] | None = None, precision: str | Precision = "bf16", micro_batch: int = 1,
+                    seq_len: int = 4096, optimizer: str = "muon", offload: bool = False
+                    ) -> list[tuple[MemoryPlan, bool]]:
+    """Every (plan, checkpointing) for ``gpus`` GPUs: ``fsdp`` with ``pp = 1`` and ``zero1`` with ``pp`` in ``pps``
+    (default 8 and 16, K2 used 16), ``ep`` over the divisors of ``dp`` that divide ``n_routed_experts``."""
+    _pos_int("gpus", gpus)
+    bad = set(shardings) - set(SHARDINGS)
+    if bad:
+        raise ValueError(f"shardings must be among {SHARDINGS}, got {sorted(bad)}")
+    out = []
+    E = config.text.n_routed_experts
+    for sharding in shardings:
+        for pp in ((1,) if sharding == "fsdp" else (pps or (8, 16))):
+            if gpus % pp or pp > config.text.num_hidden_layers:
+                continue
+            dp = gpus // pp
+            for ep in _divisors(dp):
+                if E % ep:
+                    continue
+                mesh = Mesh(dp=dp, ep=ep, pp=pp, sharding=sharding)
+                for ck in (False, True):
+                    out.append((plan_memory(config, mesh, precision=precision, micro_batch=micro_batch,
+                                            seq_len=seq_len, checkpointing=ck, optimizer=optimizer,
+                                            offload=offload), ck))
+    return out
+
+
+def best_plan(config: ModelConfig, gpus: int, gpu_mem_gib: float, *, sharding: str = "fsdp", reserve: float = 0.1,
+              **kw) -> tuple[MemoryPlan, bool] | None:
+    """The plan to pick on ``gpus`` GPUs of ``gpu_mem_gib``: one that fits without checkpointing if any (no
+    recompute), else with it, else with the optimizer state offloaded to the host (K2 §2.4.2); among those the
+    smallest total. None if nothing fits. ``kw``: as :func:`candidate_plans`."""
+    if not (isinstance(gpu_mem_gib, (int, float)) and gpu_mem_gib > 0):
+        raise ValueError(f"gpu_mem_gib must be a number > 0, got {gpu_mem_gib!r}")
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    kw.pop("offload", None)
+    for offload in (False, True):
+        cands = candidate_plans(config, gpus, shardings=(sharding,), offload=offload, **kw)
+        for ck in (False, True):
+            fit = [(p, c) for p, c in cands if c == ck and p.fits(gpu_mem_gib, reserve)]
+            if fit:
+                return min(fit, key=lambda pc: pc[0].total)
+    return None
+
+
+def smallest_plan(config: ModelConfig, gpus: int, *, sharding: str = "fsdp", **kw) -> tuple[MemoryPlan, bool]:
+    """The candidate with the smallest total (checkpointing allowed), whether or not it fits."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    cands = candidate_plans(config, gpus, shardings=(sharding,), **kw)
+    if not cands:
+        raise ValueError(f"no mesh of {gpus} GPUs for sharding={sharding!r}")
+    return min(cands, key=lambda pc: pc[0].total)
+
+
+def serving_plan(config: ModelConfig, gpus: int, gpu_mem_gib: float, context: int, *, weight_bytes: int = 2,
+                 kv_bytes: int = 2, reserve: float = 0.1) -> dict[str, float]:
+    """Inference on ``gpus`` GPUs with expert parallelism over all of them (``ep = gpus``; other weights
+    replicated): weights per GPU, MLA KV cache per sequence of ``context`` tokens, and how many such sequences fit
+    per GPU. Sizes in bytes."""
+    _pos_int("gpus", gpus)
+    _pos_int("context", context)
+    if not (isinstance(gpu_mem_gib, (int, float)) and gpu_mem_gib > 0):
+        raise ValueError(f"gpu_mem_gib must be a number > 0, got {gpu_mem_gib!r}")
+    if config.text.n_routed_experts % gpus and gpus % config.text.n_routed_experts:
+        raise ValueError(f"gpus ({gpus}) and n_routed_experts ({config.text.n_routed_experts}) must divide one another")
+    expert = sum(s.numel * s.count for s in param_specs(config) if s.expert)
+    other = sum(s.numel * s.count for s in param_specs(config) if not s.expert)
+    weights = (other + expert / min(gpus, config.text.n_routed_experts)) * weight_bytes
+    kv = kv_cache_bytes(config, 1, context, kv_bytes)
+    free = gpu_mem_gib * GIB * (1 - reserve) - weights
+    return {"weights": weights, "kv_per_sequence": kv, "sequences": max(0.0, free / kv)}

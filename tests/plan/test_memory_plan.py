@@ -120,3 +120,23 @@ def test_bad_inputs_name_the_argument():
         activation_bytes(k25(), 1, 4096, attention="sparse")
     with pytest.raises(ValueError, match="ep"):
         fake_fsdp_memory(nano(), 4, 3)
+
+
+def test_best_plan_prefers_no_offload_and_reports_no_fit():
+    from k25mini.plan import best_plan
+
+    p, ck = best_plan(k25(), 256, 80, sharding="zero1")
+    assert (p.mesh.pp, p.mesh.dp) == (16, 16) and not p.offload and p.fits(80)
+    assert best_plan(k25(), 64, 80, sharding="fsdp") is None  # 1T parameters need more than 64 x 80 GiB
+    with pytest.raises(ValueError, match="gpu_mem_gib"):
+        best_plan(k25(), 64, 0)
+
+
+def test_cli_prints_the_table(capsys):
+    from k25mini.plan.__main__ import main
+
+    assert main(["--config", "k25", "--gpus", "256", "--gpu-mem", "80", "--sharding", "zero1"]) == 0
+    out = capsys.readouterr().out
+    assert "dp=16 ep=16 pp=16" in out and "fits in 80" in out and "MLA KV cache" in out
+    assert main(["--gpus", "256", "--dp", "16"]) == 2
+    assert "--dp" in capsys.readouterr().err
