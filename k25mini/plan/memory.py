@@ -9,7 +9,8 @@ expert or not, Muon or AdamW, which pipeline part), then places each tensor on o
   holds ``n_routed_experts / ep`` routed experts of each of its MoE layers.
 * ``sharding="fsdp"`` (ZeRO-3, FSDP2 ``fully_shard``): parameters, gradients and optimizer state are sharded on
   dim 0 over the ``dp`` ranks (routed experts over the ``dp / ep`` ranks that hold the same experts), padded to
-  ``ceil(dim0 / n)`` rows as FSDP2 pads; the all-gathered layers in flight are counted separately.
+  ``ceil(dim0 / n)`` rows as FSDP2 pads; the all-gathered layers in flight (two decoder layers, and the root unit:
+  embedding, final norm, ``lm_head``) are counted separately.
 * ``sharding="zero1"`` (K2's setup, K2 arXiv 2507.20534 §2.4.2): parameters and gradients are whole on every
   data-parallel rank (experts: the rank's ``E / ep``), only the optimizer state is split over ``dp`` (experts:
   ``dp / ep``), flattened, so without padding.
@@ -420,10 +421,10 @@ def plan_memory(config: ModelConfig | TextConfig, mesh: Mesh, *, precision: str 
               "head": int(s == mesh.pp - 1)}
         whole = sharded = states = 0.0  # elements held whole (zero1), sharded (fsdp), optimizer-state elements
         layer_gather = {False: 0.0, True: 0.0}  # unsharded elements of one layer (FSDP all-gather unit)
+        root_gather = 0.0  # the root unit (embedding, final norm, lm_head): gathered for the whole step
         elems = {"muon": 0.0, "adamw": 0.0}
         for sp in specs:
-            n = sp.count if sp.part in ("vision", "embed", "head") else (dense if sp.part == "dense_layer" else moe)
-            n *= 1 if sp.part in ("dense_layer", "moe_layer") else on[sp.part]
+            n = on[sp.part] if sp.part in ("dense_layer", "moe_layer") else sp.count * on[sp.part]
             if n == 0:
                 continue
             rows, rest = sp.shape[0], math.prod(sp.shape[1:])
@@ -441,12 +442,14 @@ def plan_memory(config: ModelConfig | TextConfig, mesh: Mesh, *, precision: str 
             elems[sp.optim] += n * st
             if sp.part in ("dense_layer", "moe_layer"):
                 layer_gather[sp.part == "moe_layer"] += local_whole
+            elif sp.part in ("embed", "head"):
+                root_gather += n * local_whole
         held = sharded if mesh.sharding == "fsdp" else whole
         opt_shard = elems["muon"] + elems["adamw"]  # elements of this GPU's optimizer shard (= master copy)
         gather = 0.0
-        if mesh.sharding == "fsdp":  # the layer being computed + the next one prefetched, unsharded
+        if mesh.sharding == "fsdp":  # the layer being computed + the next one prefetched, and the root, unsharded
             big = max(layer_gather[False] if dense else 0.0, layer_gather[True] if moe else 0.0)
-            gather = 2 * big * prec.param
+            gather = (2 * big + root_gather) * prec.param
         act = activation_bytes(config, micro_batch, seq_len, checkpointing=checkpointing, precision=prec,
                                layers=(dense, moe), head=(s == mesh.pp - 1), in_flight=mesh.pp - s,
                                attention=attention)
