@@ -8,7 +8,8 @@ For each notebook: open it in JupyterLab in headless Chromium, "Restart Kernel a
 * every non-empty code cell has an execution count and the kernel is idle at the end (no cell left busy),
 * no cell has an error output,
 * a notebook that uses ipywidgets shows them as live widgets (``.jupyter-widgets`` views in the page,
-  not their text fallback, not "Error displaying widget").
+  not their text fallback, not "Error displaying widget"),
+* every image embedded in markdown (the diagrams under notebooks/figures/) loads.
 
 Screenshots go to ``build/browser/<notebook>.png`` (build/ is gitignored). The notebooks on disk are
 never modified: autosave is switched off in a throwaway JupyterLab settings directory.
@@ -68,6 +69,11 @@ WIDGET_JS = """() => ({
   fallback: Array.from(document.querySelectorAll('.jp-OutputArea-output'))
                  .filter(e => /^\\s*(interactive|IntSlider|VBox|HBox)\\(children=/.test(e.textContent)).length,
 })"""
+
+
+# markdown images (notebooks/figures/*.png) that did not load
+BROKEN_IMAGES_JS = """() => Array.from(document.querySelectorAll('.jp-MarkdownOutput img'))
+  .filter(i => i.complete && i.naturalWidth === 0).map(i => i.getAttribute('src'))"""
 
 
 def find_chromium() -> str | None:
@@ -161,6 +167,7 @@ def run_notebook(page, base: str, token: str, nb: Path, timeout: float) -> dict:
             ok_since = None
     elapsed = time.time() - t_run
     widgets = page.evaluate(WIDGET_JS)
+    broken_images = page.evaluate(BROKEN_IMAGES_JS)
     shot = OUT / (nb.stem + ("_solution" if nb.parent.name == "solutions" else "") + ".png")
     page.screenshot(path=str(shot))
     first = page.locator(".jp-OutputArea-output .jupyter-widgets").first
@@ -181,6 +188,8 @@ def run_notebook(page, base: str, token: str, nb: Path, timeout: float) -> dict:
             problems.append(f"kernel {state['kernel']} at the end")
         if state["busy_prompts"]:
             problems.append(f"{state['busy_prompts']} cells still busy")
+    if broken_images:
+        problems.append(f"markdown images not found: {broken_images}")
     if uses_widgets(nb):
         if widgets["views"] == 0:
             problems.append("imports ipywidgets but no widget view rendered")
