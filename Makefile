@@ -12,9 +12,10 @@ STAMP  := $(VENV)/.k25mini-installed
 TORCH_SPEC      ?= torch==2.13.0
 TORCH_PIP_FLAGS ?=
 K25_SCALE ?= cpu
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+BROWSER_NOTEBOOKS ?=
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
-.PHONY: setup test lint pytest test-thorough nbval speedrun reproduce report lab notebooks clean test-gpu
+.PHONY: setup test lint pytest test-thorough nbval speedrun reproduce report lab notebooks clean test-gpu test-browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -64,6 +65,12 @@ notebooks: $(STAMP)
 # skips (exit 0) without CUDA; writes results/gpu_check.json (docs/interop.md, README "What has run on a GPU")
 test-gpu: $(STAMP)
 	$(BIN)/python tools/gpu_check.py
+
+# every notebook as a student runs it: JupyterLab in headless Chromium, Restart Kernel and Run All at
+# K25_SCALE=smoke; screenshots in build/browser/. Needs `pip install -e ".[browser]"` (playwright) and a
+# system Chromium (`apt-get install chromium`); skips (exit 0) without them. Not part of `make test`.
+test-browser: $(STAMP)
+	$(BIN)/python tools/test_browser.py $(BROWSER_NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) data/cache .pytest_cache .ruff_cache
