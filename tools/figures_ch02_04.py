@@ -181,8 +181,8 @@ def ch04_mla():
     kva = box(ax, 3.6, 3.0, 3.8, 1.8, "W_kva  ->  c_kv [kv_lora]\n(RMSNorm)  +  k^R [rope]", GREEN, 8)
     kvb = box(ax, 8.6, 1.2, 3.8, 1.6, "W_kvb  ->  per head\nk^C [nope], v [d_v]", BLUE, 8)
     rope = box(ax, 8.6, 4.0, 3.8, 1.5, "RoPE on q^R and k^R only\n(k^R shared by all heads)", PURPLE, 8)
-    att = box(ax, 13.8, 4.3, 5.4, 2.6, "per head h:\nlogit = (q^C.k^C + q^R.k^R)/sqrt(d)\ncausal softmax\n-> sum_j p_j v_j",
-              RED, 8)
+    att_text = "per head h:\nlogit = (q^C.k^C + q^R.k^R)/sqrt(d)\ncausal softmax\n-> sum_j p_j v_j"
+    att = box(ax, 13.8, 4.3, 5.4, 2.6, att_text, RED, 8)
     o = box(ax, 20.6, 4.8, 3.2, 1.6, "W_o  ->  [D]", GREY)
     arrow(ax, (2.5, x[1] + 0.3), (3.6, qa[1]))
     arrow(ax, (2.5, x[1] - 0.3), (3.6, kva[1]))
@@ -208,7 +208,7 @@ def ch04_cache():
     rows = [("MHA (64 heads)", heads * (qk + v), RED), ("GQA-8 (8 KV heads)", 8 * (qk + v), ORANGE),
             ("MLA: c_kv 512 + k^R 64", 512 + 64, GREEN)]
     fig, ax = plt.subplots(figsize=(11, 2.6))
-    for i, (name, n, col) in enumerate(rows):
+    for i, (_, n, col) in enumerate(rows):
         ax.barh(2 - i, n, color=col, ec="black")
         ax.text(n + 200, 2 - i, f"{n:,} numbers", va="center", fontsize=9)
     ax.set_yticks([2, 1, 0], [r[0] for r in rows])

@@ -133,7 +133,7 @@ def test_scratch_decoder_layer_equals_package(nb):
     pkg = K2DecoderLayer(cfg, layer_idx=1).eval()  # layer 1: the first MoE layer
     with torch.no_grad():
         pkg.mlp.router.e_score_correction_bias.copy_(0.05 * torch.randn(cfg.n_routed_experts))
-        for name, p in pkg.named_parameters():
+        for p in pkg.parameters():
             if p.ndim == 1:  # non-unit norm weights too
                 p.uniform_(0.5, 1.5)
     ours = nb.DecoderLayerScratch(cfg)
