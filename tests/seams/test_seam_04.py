@@ -123,3 +123,30 @@ def test_induction_batch_and_short_training(nb):
     assert bool((labels[:, :6] == -100).all()) and torch.equal(labels[:, 6:], ids[:, 6:])
     r = nb.train_run("muonclip", 1e-2, tau=1.0, steps=2)
     assert len(r["loss"]) == 2 and len(r["max_logit"]) == 2
+
+
+def test_scratch_decoder_layer_equals_package(nb):
+    from k25mini.model.decoder import K2DecoderLayer
+
+    cfg = nano().text
+    torch.manual_seed(4)
+    pkg = K2DecoderLayer(cfg, layer_idx=1).eval()  # layer 1: the first MoE layer
+    with torch.no_grad():
+        pkg.mlp.router.e_score_correction_bias.copy_(0.05 * torch.randn(cfg.n_routed_experts))
+        for p in pkg.parameters():
+            if p.ndim == 1:  # non-unit norm weights too
+                p.uniform_(0.5, 1.5)
+    ours = nb.DecoderLayerScratch(cfg)
+    ours.load_state_dict(pkg.state_dict(), strict=True)
+    rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.rope_theta)
+    x = torch.randn(3, 7, cfg.hidden_size)
+    pos = torch.arange(7).expand(3, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, pos), pkg(x, *rope(pos)), rtol=1e-5, atol=1e-5)
+    # the notebook's router is chapter 03's: same selection and weights as the package router
+    h = torch.randn(10, cfg.hidden_size)
+    ids, w, _ = nb.sigmoid_router(h, pkg.mlp.router.weight, pkg.mlp.router.e_score_correction_bias,
+                                  cfg.num_experts_per_tok, cfg.routed_scaling_factor)
+    r = pkg.mlp.router(h)
+    assert torch.equal(ids, r.topk_ids)
+    torch.testing.assert_close(w, r.topk_weights)
