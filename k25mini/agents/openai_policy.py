@@ -35,8 +35,9 @@ __all__ = ["OpenAIChatPolicy", "tool_schemas", "to_openai_messages"]
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def tool_schemas(tools: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
-    """OpenAI ``tools`` entries for the runtime's tools (from ``TOOL_SPECS`` and ``TOOL_DOCS``)."""
+def tool_schemas(tools: tuple[str, ...] | list[str], describe: bool = True) -> list[dict[str, Any]]:
+    """OpenAI ``tools`` entries for the runtime's tools (from ``TOOL_SPECS``, and ``TOOL_DOCS`` as descriptions
+    unless ``describe`` is False: a small model's context may not hold them)."""
     out = []
     for name in tools:
         if name not in TOOL_SPECS:
@@ -45,7 +46,7 @@ def tool_schemas(tools: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         props = {arg: {"type": _JSON_TYPES.get(typ, "string")} for arg, (typ, _) in spec.items()}
         required = [arg for arg, (_, req) in spec.items() if req]
         out.append({"type": "function", "function": {
-            "name": name, "description": TOOL_DOCS.get(name, name),
+            "name": name, "description": TOOL_DOCS.get(name, name) if describe else "",
             "parameters": {"type": "object", "properties": props, "required": required}}})
     return out
 
@@ -90,13 +91,14 @@ def to_openai_messages(messages: list[Any]) -> list[dict[str, Any]]:
 class OpenAIChatPolicy:
     """A policy backed by ``POST {base_url}/chat/completions``. ``api_key``: sent as a Bearer token (default: the
     ``OPENAI_API_KEY`` environment variable, else none); ``extra_body``: more request fields (e.g. vLLM's
-    ``top_k``); ``client``: an ``httpx.AsyncClient`` to reuse (one is made per call otherwise, so the policy
-    works from any event loop)."""
+    ``top_k``); ``describe_tools=False`` sends the tool schemas without descriptions (a small model's context);
+    ``client``: an ``httpx.AsyncClient`` to reuse (one is made per call otherwise, so the policy works from any
+    event loop)."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, max_tokens: int = 256, seed: int | None = None, tool_choice: str = "auto",
                  parallel_tool_calls: bool = True, timeout_s: float = 120.0, retries: int = 3,
-                 extra_body: dict[str, Any] | None = None, client: Any = None) -> None:
+                 describe_tools: bool = True, extra_body: dict[str, Any] | None = None, client: Any = None) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
         if not isinstance(model, str) or not model:
@@ -114,13 +116,14 @@ class OpenAIChatPolicy:
         self.seed, self.tool_choice, self.parallel_tool_calls = seed, tool_choice, parallel_tool_calls
         self.timeout_s, self.retries, self.extra_body, self.client = timeout_s, retries, dict(extra_body or {}), client
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.describe_tools = bool(describe_tools)
         self.calls = 0  # requests answered (for tests and logs)
 
     def request_body(self, view: AgentView) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": to_openai_messages(view.messages),
                                 "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
         if view.tools:
-            body["tools"] = tool_schemas(view.tools)
+            body["tools"] = tool_schemas(view.tools, self.describe_tools)
             body["tool_choice"] = self.tool_choice
             body["parallel_tool_calls"] = self.parallel_tool_calls
         if self.seed is not None:

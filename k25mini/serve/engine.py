@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import queue
 import threading
 import time
@@ -84,6 +83,23 @@ def _bytes(text: str) -> list[int]:
                        "invalid_value") from None
 
 
+def _type(schema: Any) -> str:
+    t = schema.get("type", "any") if isinstance(schema, dict) else "any"
+    return "|".join(map(str, t)) if isinstance(t, list) else str(t)
+
+
+def declare_tools(tools: Sequence[Any]) -> str:
+    """The tools as compact lines, ``name(arg: type, optional?: type) - description``: a small model's context is
+    short (the nano preset has 1024 positions), and full JSON schemas would fill most of it."""
+    lines = []
+    for t in tools:
+        props = t.parameters.get("properties", {})
+        req = set(t.parameters.get("required", []))
+        args = ", ".join(f"{a}{'' if a in req else '?'}: {_type(s)}" for a, s in props.items())
+        lines.append(f"{t.name}({args})" + (f" - {t.description}" if t.description else ""))
+    return "\n".join(lines)
+
+
 def render_prompt(req: ChatRequest, tok: Tokenizer, counts_fn: Callable[[Any], list[int]],
                   chunk_size: int = 4) -> Prompt:
     """The request as one prompt (see the module docstring for the layout)."""
@@ -95,9 +111,7 @@ def render_prompt(req: ChatRequest, tok: Tokenizer, counts_fn: Callable[[Any], l
         ids.extend([sp[role_tok], *_bytes(role_name), sp["<|im_middle|>"], *body, tok.im_end_id])
 
     if req.tools and req.tool_choice != "none":
-        decl = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                  "parameters": t.parameters}} for t in req.tools]
-        turn("<|im_system|>", "tool_declare", _bytes(json.dumps(decl, ensure_ascii=False, sort_keys=True)))
+        turn("<|im_system|>", "tool_declare", _bytes(declare_tools(req.tools)))
     for m in req.messages:
         body: list[int] = []
         for kind, v in m.parts:
@@ -197,7 +211,7 @@ class ScriptedEngine:
     ``<|tool_call_begin|>`` become their single tokens). Same protocol path as :class:`ModelEngine`; used by
     the tool-call tests and to drive the swarm over HTTP deterministically."""
 
-    def __init__(self, rule: Callable[[str, int], str], *, max_positions: int = 1024, patch_size: int = 8,
+    def __init__(self, rule: Callable[[str, int], str], *, max_positions: int = 32768, patch_size: int = 8,
                  delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
         self.rule, self.tok = rule, Tokenizer()
         self.max_positions, self.patch_size, self.chunk_size = max_positions, patch_size, 4
