@@ -64,11 +64,18 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:at], True) if at >= 0 else (text, False)
 
 
+def _visible(tok: Tokenizer, ids: list[int]) -> list[int]:
+    """Bytes and tool-call markers; other special tokens (a turn or media marker the model should not have
+    written, unused ids) carry no text for the client."""
+    markers = {tok.token_id(m) for m in FMT.specials()}
+    return [t for t in ids if t < 256 or t in markers]
+
+
 def _choice(tok: Tokenizer, req: ChatRequest, forced: list[int], c: Completion, index: int) -> dict[str, Any]:
     ids = forced + c.tokens
     if c.finish == "stop" and ids:
         ids = ids[:-1]  # the stop token itself (<|im_end|> / <|eos|>) is not part of the message
-    text, cut = _cut_at_stop(tok.decode(ids), req.stop)
+    text, cut = _cut_at_stop(tok.decode(_visible(tok, ids)), req.stop)
     finish = "stop" if cut else c.finish
     if req.tool_choice in ("required", "function") and text.rfind(FMT.call_begin) > text.rfind(FMT.call_end):
         text += FMT.call_end  # a forced call the model left open: close it so the client still gets the call
@@ -177,57 +184,101 @@ def create_app(engine: Any, model_id: str, *, limits: Limits | None = None, max_
         max_tokens = req.max_tokens or min(default_max_tokens, room)
         ban = tool_markers if req.tool_choice == "none" else ()
         params = Params(req.temperature, req.top_p, max_tokens, req.n, stops, ban)
+        job = GenJob(prompt, params, req.seed)
+        if req.stream:
+            loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+            job.sink = lambda c, t: loop.call_soon_threadsafe(tokens.put_nowait, (c, t))
         try:
-            fut = batcher.submit(GenJob(prompt, params, req.seed))
+            fut = batcher.submit(job)
         except QueueFull:
             raise APIError(503, "the server is busy: too many requests are waiting; retry later", None,
                            "server_overloaded", type="server_error", headers={"Retry-After": "1"}) from None
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def finish(groups: list[Completion]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+            choices = [_choice(tok, req, prompt.forced, c, i) for i, c in enumerate(groups)]
+            n_out = sum(len(prompt.forced) + len(c.tokens) for c in groups)
+            app.state.counts["answered"] += 1
+            return choices, {"prompt_tokens": len(prompt.ids), "completion_tokens": n_out,
+                             "total_tokens": len(prompt.ids) + n_out}
+
+        if req.stream:
+            fut.add_done_callback(lambda f: loop.call_soon_threadsafe(tokens.put_nowait, None))
+            return StreamingResponse(_sse(rid, now, model_id, req, prompt.forced, tok, tokens, fut, finish),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             groups: list[Completion] = await asyncio.wrap_future(fut)
         except ValueError as e:  # the engine refused an input the checks let through
             raise APIError(400, f"the request could not be run: {e}", None, "invalid_value") from None
-        choices = [_choice(tok, req, prompt.forced, c, i) for i, c in enumerate(groups)]
-        n_out = sum(len(prompt.forced) + len(c.tokens) for c in groups)
-        usage = {"prompt_tokens": len(prompt.ids), "completion_tokens": n_out,
-                 "total_tokens": len(prompt.ids) + n_out}
-        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        app.state.counts["answered"] += 1
-        if not req.stream:
-            return {"id": rid, "object": "chat.completion", "created": now, "model": model_id, "choices": choices,
-                    "usage": usage, "system_fingerprint": None}
-        return StreamingResponse(_sse(rid, now, model_id, choices, usage if req.include_usage else None),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        choices, usage = finish(groups)
+        return {"id": rid, "object": "chat.completion", "created": now, "model": model_id, "choices": choices,
+                "usage": usage, "system_fingerprint": None}
 
     return app
 
 
-def _sse(rid: str, created: int, model: str, choices: list[dict[str, Any]],
-         usage: dict[str, Any] | None, piece: int = 16) -> AsyncIterator[bytes]:
-    """Chunks of the finished choices: a role delta, content deltas of ``piece`` characters, one tool-call delta
-    per call (name, then arguments), the finish reason; then usage (when asked) and ``[DONE]``."""
+def _streamable(tok: Tokenizer, ids: list[int], stops: list[str]) -> str:
+    """The part of a choice's text that is already final: the text before the first tool-call marker and before
+    any ``<|`` (a marker spelled out in bytes), less a cut UTF-8 character and less an ending that could still
+    grow into a stop string (and cut at a stop string already there)."""
+    ids = _visible(tok, ids)
+    first = next((i for i, t in enumerate(ids) if t >= 256), len(ids))
+    text = tok.decode(ids[:first])
+    text = text[: text.find("<|")] if "<|" in text else text
+    text, cut = _cut_at_stop(text, stops)
+    if not cut:
+        hold = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        text = text[: len(text) - hold]
+    return text.rstrip("\ufffd")
+
+def _sse(rid: str, created: int, model: str, req: ChatRequest, forced: list[int], tok: Tokenizer,
+         tokens: asyncio.Queue, fut: Any, finish: Any) -> AsyncIterator[bytes]:
+    """Server-sent events: a role delta per choice, content deltas as tokens are drawn (only text that is final,
+    see :func:`_streamable`), then per choice the rest of its content, one tool-call delta per call (id and name,
+    then the arguments) and its finish reason; usage (with ``stream_options.include_usage``) and ``[DONE]``."""
 
     def event(choice_deltas: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
         chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": choice_deltas, **(extra or {})}
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
+    def delta(i: int, d: dict[str, Any], reason: str | None = None) -> bytes:
+        return event([{"index": i, "delta": d, "finish_reason": reason}])
+
     async def gen() -> AsyncIterator[bytes]:
+        ids = [list(forced) for _ in range(req.n)]
+        sent = [""] * req.n
+        for i in range(req.n):
+            yield delta(i, {"role": "assistant", "content": ""})
+        while (item := await tokens.get()) is not None:
+            c, t = item
+            ids[c].append(t)
+            now = _streamable(tok, ids[c], req.stop)
+            if len(now) > len(sent[c]):
+                yield delta(c, {"content": now[len(sent[c]):]})
+                sent[c] = now
+        try:
+            choices, usage = finish(fut.result())
+        except Exception as e:  # noqa: BLE001 - the status line is already sent: report in the stream
+            err = {"message": f"generation failed: {type(e).__name__}: {e}", "type": "server_error", "param": None,
+                   "code": "internal_error"}
+            yield f"data: {json.dumps({'error': err})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            return
         for ch in choices:
             i, msg = ch["index"], ch["message"]
-            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            text = msg["content"] or ""
-            for s in range(0, len(text), piece):
-                yield event([{"index": i, "delta": {"content": text[s : s + piece]}, "finish_reason": None}])
+            rest = (msg["content"] or "")[len(sent[i]):] if (msg["content"] or "").startswith(sent[i]) else ""
+            if rest:
+                yield delta(i, {"content": rest})
             for j, call in enumerate(msg.get("tool_calls", [])):
                 head = {"index": j, "id": call["id"], "type": "function",
                         "function": {"name": call["function"]["name"], "arguments": ""}}
-                yield event([{"index": i, "delta": {"tool_calls": [head]}, "finish_reason": None}])
+                yield delta(i, {"tool_calls": [head]})
                 args = call["function"]["arguments"]
-                for s in range(0, len(args), piece):
-                    delta = {"tool_calls": [{"index": j, "function": {"arguments": args[s : s + piece]}}]}
-                    yield event([{"index": i, "delta": delta, "finish_reason": None}])
-            yield event([{"index": i, "delta": {}, "finish_reason": ch["finish_reason"]}])
-        if usage is not None:
+                if args:
+                    yield delta(i, {"tool_calls": [{"index": j, "function": {"arguments": args}}]})
+            yield delta(i, {}, ch["finish_reason"])
+        if req.include_usage:
             yield event([], {"usage": usage})
         yield b"data: [DONE]\n\n"
 

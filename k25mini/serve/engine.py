@@ -68,6 +68,7 @@ class GenJob:
     params: Params
     seed: int | None
     future: cf.Future = field(default_factory=cf.Future)
+    sink: Callable[[int, int], None] | None = None  # (choice index, token id) as each token is drawn (streaming)
 
 
 class QueueFull(Exception):
@@ -194,16 +195,61 @@ class ModelEngine:
         return self.model.media_token_counts(media)
 
     def generate(self, jobs: Sequence[GenJob]) -> list[list[Completion]]:
-        """One call of ``sample`` for jobs that share :class:`Params` (and at most one seed)."""
+        """Jobs that share :class:`Params` (and at most one seed) in one batch: :func:`k25mini.rl.rollout.sample`,
+        or, when a job streams, :meth:`_stream` (the same sampling loop, reporting every token as it is drawn)."""
         from k25mini.rl.rollout import sample
 
         p = jobs[0].params
         gen = torch.Generator().manual_seed(jobs[0].seed) if jobs[0].seed is not None else self._gen
         prompts = [j.prompt.ids + j.prompt.forced for j in jobs]
         media = [j.prompt.media for j in jobs]
+        if any(j.sink is not None for j in jobs):
+            return self._stream(jobs, prompts, media, p, gen)
         groups = sample(self.model, prompts, media, k=p.n, max_new_tokens=p.max_tokens, temperature=p.temperature,
                         top_p=p.top_p, stops=p.stops, generator=gen, batch_size=self.batch_size, ban=p.ban)
         return [[Completion(s.tokens, "stop" if s.finish == "stop" else "length") for s in g] for g in groups]
+
+    @torch.no_grad()
+    def _stream(self, jobs: Sequence[GenJob], prompts: list[list[int]], media: list, p: Params,
+                gen: torch.Generator) -> list[list[Completion]]:
+        """The rollout engine's batch loop (prefill once, ``n`` rows per prompt, MLA-cache decode, rows dropped as
+        they stop; its ``_draw`` and chapter 05's ``_prefill`` / ``_decode``) with a callback per drawn token. For
+        one prompt (every seeded request) it draws exactly what ``sample`` draws (tested: stream == non-stream)."""
+        from k25mini.pretrain.evaluate import _decode, _keep_rows, _prefill
+        from k25mini.rl.rollout import _draw
+
+        model, lm, k = self.model, self.model.language_model, p.n
+        order = sorted(range(len(jobs)), key=lambda i: len(prompts[i]))  # as sample() orders a batch
+        logits, state = _prefill(model, self.tok, [prompts[i] for i in order], [m for i in order for m in media[i]])
+        if k > 1:
+            rep = torch.arange(len(order), device=logits.device).repeat_interleave(k)
+            logits = logits.index_select(0, rep)
+            _keep_rows(state, rep)
+        banned = sorted({self.tok.media_pad_id, *p.ban})
+        out = [[Completion([], "length") for _ in range(k)] for _ in jobs]
+        slots = [(order[r // k], r % k) for r in range(len(order) * k)]  # row -> (job, choice)
+        rows = list(range(len(slots)))
+        for step in range(p.max_tokens):
+            nxt, _, _ = _draw(logits, p.temperature, p.top_p, gen, banned)
+            room = (state["lens"] + step < self.max_positions).tolist()
+            keep = []
+            for r, t in enumerate(nxt.tolist()):
+                j, c = slots[rows[r]]
+                out[j][c].tokens.append(t)
+                if jobs[j].sink is not None:
+                    jobs[j].sink(c, t)
+                if t in p.stops:
+                    out[j][c].finish = "stop"
+                elif room[r]:
+                    keep.append(r)
+            if not keep or step == p.max_tokens - 1:
+                break
+            if len(keep) < len(rows):
+                sel = torch.tensor(keep, device=nxt.device)
+                _keep_rows(state, sel)
+                nxt, rows = nxt[sel], [rows[r] for r in keep]
+            logits = _decode(lm, nxt, step, state)
+        return out
 
 
 class ScriptedEngine:
@@ -235,6 +281,8 @@ class ScriptedEngine:
                 stop = next((t for t, x in enumerate(toks) if x in j.params.stops), None)
                 group.append(Completion(toks[: stop + 1], "stop") if stop is not None else
                              Completion(toks, "length" if len(toks) >= j.params.max_tokens else "stop"))
+                for t in group[-1].tokens if j.sink is not None else ():
+                    j.sink(i, t)
             out.append(group)
         return out
 

@@ -67,6 +67,9 @@ def test_stop_string(client):
                                         stop=[text[2:4]])
     assert r2.choices[0].message.content == text[: text.find(text[2:4])]
     assert r2.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=16, temperature=0, seed=1,
+                                              stop=[text[2:4]], stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == r2.choices[0].message.content
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -87,12 +90,14 @@ def test_video_frames(client):
 
 
 def test_streaming_matches_and_ends_with_done(client, model_server):
-    kw = dict(model=MODEL, messages=HI, max_tokens=24, temperature=0.9, seed=7)
+    kw = dict(model=MODEL, messages=HI, max_tokens=24, temperature=0.9, seed=7, n=2)
     full = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
-    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert text == full.choices[0].message.content
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == full.choices[0].finish_reason
+    for i in range(2):  # streamed token by token, the same draws as the non-streamed request
+        mine = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == i]
+        assert "".join(c.delta.content or "" for c in mine) == full.choices[i].message.content
+        assert mine[-1].finish_reason == full.choices[i].finish_reason
+        assert sum(bool(c.delta.content) for c in mine) >= min(2, len(full.choices[i].message.content))
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == full.usage.total_tokens
     import httpx  # the raw wire format: SSE "data:" lines, then [DONE]
 

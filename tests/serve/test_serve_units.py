@@ -137,3 +137,16 @@ def test_cli_rejects_a_missing_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "k25mini.serve", "--checkpoint", str(tmp_path / "nope")],
                        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_streamable_prefix():
+    from k25mini.serve.app import _streamable
+
+    tok = Tokenizer()
+    enc = lambda s: list(s.encode())  # noqa: E731
+    assert _streamable(tok, enc("hello wo"), ["world"]) == "hello "  # "wo" may still become the stop string
+    assert _streamable(tok, enc("hello world!"), ["world"]) == "hello "
+    assert _streamable(tok, enc("a<|tool"), []) == "a"  # a marker spelled out in bytes is held back
+    assert _streamable(tok, enc("caf") + [0xC3], []) == "caf"  # half of "é"
+    call = tok.token_id("<|tool_call_begin|>")
+    assert _streamable(tok, enc("x") + [tok.token_id("<|media_begin|>")] + enc("y") + [call] + enc("z"), []) == "xy"
