@@ -57,7 +57,7 @@ def _start(checkpoint: Path, port: int, args) -> subprocess.Popen:
             return proc
         except httpx.TransportError:
             if proc.poll() is not None:
-                raise SystemExit(f"the server exited with code {proc.returncode}")
+                raise SystemExit(f"the server exited with code {proc.returncode}") from None
             time.sleep(0.3)
     proc.terminate()
     raise SystemExit("the server did not start within 120 s")

@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batch", type=int, default=32, help="requests per batch (default 32)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default 10)")
     ap.add_argument("--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for")
+    ap.add_argument("--template", choices=("chat", "plain"), default="chat",
+                    help="chat: Kimi's chat layout with tools; plain: the toy world's question format that the "
+                         "chapter checkpoints were trained on (answers end at a newline)")
     args = ap.parse_args(argv)
 
     import torch
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     name = args.model_name or ckpt.resolve().name
     app = create_app(ModelEngine(model, batch_size=args.max_batch), name, limits=Limits(max_tokens=args.max_tokens),
-                     max_queue=args.max_queue, max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000)
+                     max_queue=args.max_queue, max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000,
+                     template=args.template)
     print(f"k25mini serve: model {name!r} at http://{args.host}:{args.port}/v1", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", backlog=512)

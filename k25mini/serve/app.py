@@ -93,10 +93,14 @@ def _choice(tok: Tokenizer, req: ChatRequest, forced: list[int], c: Completion, 
 
 
 def create_app(engine: Any, model_id: str, *, limits: Limits | None = None, max_queue: int = 128,
-               max_batch: int = 32, batch_wait_s: float = 0.01, default_max_tokens: int = 128) -> FastAPI:
+               max_batch: int = 32, batch_wait_s: float = 0.01, default_max_tokens: int = 128,
+               template: str = "chat") -> FastAPI:
     """The server over ``engine`` (:class:`~k25mini.serve.engine.ModelEngine` or ``ScriptedEngine``), serving
     it as model ``model_id``. ``max_queue``: requests waiting beyond it get 503; ``max_batch``: requests per
-    batch; ``batch_wait_s``: how long the worker waits to fill a batch."""
+    batch; ``batch_wait_s``: how long the worker waits to fill a batch; ``template``: ``chat`` (Kimi's chat
+    layout, tools) or ``plain`` (the toy world's question format; answers end at a newline or ``<|eos|>``)."""
+    if template not in ("chat", "plain"):
+        raise ValueError(f"template must be 'chat' or 'plain', got {template!r}")
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
     for name, v in (("max_queue", max_queue), ("max_batch", max_batch), ("default_max_tokens", default_max_tokens)):
@@ -108,7 +112,7 @@ def create_app(engine: Any, model_id: str, *, limits: Limits | None = None, max_
     tok = Tokenizer()
     batcher = Batcher(engine, max_queue=max_queue, max_batch=max_batch, wait_s=float(batch_wait_s))
     created = int(time.time())
-    stops = (tok.im_end_id, tok.eos_id)
+    stops = (tok.im_end_id, tok.eos_id) if template == "chat" else (tok.eos_id, ord("\n"))
     tool_markers = (tok.token_id(FMT.section_begin), tok.token_id(FMT.call_begin))
     app = FastAPI(title="k25mini serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.engine, app.state.limits = batcher, engine, limits
@@ -168,7 +172,7 @@ def create_app(engine: Any, model_id: str, *, limits: Limits | None = None, max_
         app.state.counts["requests"] += 1
         body = loads_body(await read_body(request), limits)
         req = parse_chat_request(body, limits, {model_id}, engine.patch_size)
-        prompt = render_prompt(req, tok, engine.counts, engine.chunk_size)
+        prompt = render_prompt(req, tok, engine.counts, engine.chunk_size, template)
         n_prompt = len(prompt.ids) + len(prompt.forced)
         room = engine.max_positions - n_prompt
         cap = limits.max_prompt_tokens

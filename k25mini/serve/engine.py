@@ -102,11 +102,31 @@ def declare_tools(tools: Sequence[Any]) -> str:
 
 
 def render_prompt(req: ChatRequest, tok: Tokenizer, counts_fn: Callable[[Any], list[int]],
-                  chunk_size: int = 4) -> Prompt:
-    """The request as one prompt (see the module docstring for the layout)."""
+                  chunk_size: int = 4, template: str = "chat") -> Prompt:
+    """The request as one prompt (see the module docstring for the layout). ``template="plain"``: the toy world's
+    question format that chapters 05-07 train on, ``<|bos|>`` + every message's content in order (newline
+    between messages) + ``" "``, so a trained checkpoint answers as it does in its evaluations."""
+    if template not in ("chat", "plain"):
+        raise ValueError(f"template must be 'chat' or 'plain', got {template!r}")
     sp = tok.special_tokens
     ids: list[int] = [tok.bos_id]
     media: list[Any] = []
+
+    def media_ids(kind: str, v: Any) -> list[int]:
+        ph = tok.encode(media_placeholder("image") if kind == "image" else
+                        media_placeholder("video", num_frames=len(v), chunk_size=chunk_size))
+        media.append(v)
+        return tok.expand_media(ph, counts_fn(v))
+
+    if template == "plain":
+        if req.tools and req.tool_choice != "none":
+            raise APIError(400, "tools need the chat template; this server uses the plain question template",
+                           "tools", "unsupported_parameter")
+        for i, m in enumerate(req.messages):
+            ids += _bytes("\n") if i else []
+            for kind, v in m.parts:
+                ids += _bytes(v) if kind == "text" else media_ids(kind, v)
+        return Prompt(ids + _bytes(" "), media)
 
     def turn(role_tok: str, role_name: str, body: list[int]) -> None:
         ids.extend([sp[role_tok], *_bytes(role_name), sp["<|im_middle|>"], *body, tok.im_end_id])
@@ -116,13 +136,7 @@ def render_prompt(req: ChatRequest, tok: Tokenizer, counts_fn: Callable[[Any], l
     for m in req.messages:
         body: list[int] = []
         for kind, v in m.parts:
-            if kind == "text":
-                body += _bytes(v)
-                continue
-            ph = tok.encode(media_placeholder("image") if kind == "image" else
-                            media_placeholder("video", num_frames=len(v), chunk_size=chunk_size))
-            body += tok.expand_media(ph, counts_fn(v))
-            media.append(v)
+            body += _bytes(v) if kind == "text" else media_ids(kind, v)
         if m.role == "assistant" and m.tool_calls:
             body.append(sp[FMT.section_begin])
             for i, (_, name, args) in enumerate(m.tool_calls):  # names are checked: [A-Za-z0-9_-] only

@@ -150,3 +150,28 @@ def test_streamable_prefix():
     assert _streamable(tok, enc("caf") + [0xC3], []) == "caf"  # half of "é"
     call = tok.token_id("<|tool_call_begin|>")
     assert _streamable(tok, enc("x") + [tok.token_id("<|media_begin|>")] + enc("y") + [call] + enc("z"), []) == "xy"
+
+
+def test_plain_template_is_the_world_prompt():
+    from k25mini.config import preset
+    from k25mini.multimodal import K25ForConditionalGeneration
+    from k25mini.pretrain.docs import prompt_ids
+    from k25mini.world import IMAGE, World, make_eval_suite
+
+    tok = Tokenizer()
+    model = K25ForConditionalGeneration(preset("nano"))
+    item = next(it for it in make_eval_suite(World(0), "VisKnow", 4) if len(it.images) == 1)
+    text, ph = item.prompt, IMAGE
+    parts = []
+    for k, piece in enumerate(text.split(ph)):
+        parts += [{"type": "text", "text": piece}] if piece else []
+        if k < len(item.images):
+            parts.append({"type": "image_url", "image_url": {"url": "x"}})
+    req = _req([{"role": "user", "content": [p for p in parts if p["type"] == "text"]}])
+    req.messages[0].parts = [("text", p["text"]) if p["type"] == "text" else ("image", item.images[0])
+                             for p in parts]
+    got = render_prompt(req, tok, model.media_token_counts, template="plain")
+    assert got.ids == prompt_ids(item, tok, model.media_token_counts)
+    with pytest.raises(APIError, match="chat template"):
+        render_prompt(_req([{"role": "user", "content": "x"}], tools=[{"type": "function", "function": {
+            "name": "f"}}]), tok, lambda a: [1], template="plain")
