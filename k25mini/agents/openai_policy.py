@@ -198,3 +198,53 @@ class OpenAIChatPolicy:
             except (json.JSONDecodeError, TypeError):
                 parts.append(f"{fmt.call_begin}{name}{fmt.arg_begin}{raw}{fmt.call_end}")
         return Action(text="".join(parts), info=info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m k25mini.agents.openai_policy --url URL --model NAME [--sub-url URL --sub-model NAME]``: one
+    wide-search episode of the toy world, the orchestrator and the subagents behind OpenAI-compatible endpoints,
+    the toy web local. Prints the episode summary and its item-F1 against the gold table."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m k25mini.agents.openai_policy", description=main.__doc__)
+    ap.add_argument("--url", required=True, help="the orchestrator's endpoint, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument("--model", required=True, help="the orchestrator's model id (GET /v1/models lists them)")
+    ap.add_argument("--sub-url", default=None, help="the subagents' endpoint (default: --url)")
+    ap.add_argument("--sub-model", default=None, help="the subagents' model id (default: --model)")
+    ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--task", type=int, default=0, help="index of the wide-search task")
+    ap.add_argument("--max-steps-main", type=int, default=8)
+    ap.add_argument("--max-steps-sub", type=int, default=6)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--short-context", action="store_true",
+                    help="a one-line system prompt and tool schemas without descriptions (models with ~1k positions)")
+    ap.add_argument("--trace", default=None, help="write the episode as JSONL here")
+    args = ap.parse_args(argv)
+
+    from k25mini.agents.runtime import SwarmConfig, SwarmRuntime
+    from k25mini.agents.trace import save_episodes
+    from k25mini.world import World
+    from k25mini.world.web import Web, make_wide_tasks, score_table
+
+    world = World(args.world_seed)
+    tasks = make_wide_tasks(world)
+    if not 0 <= args.task < len(tasks):
+        ap.error(f"--task must be in [0, {len(tasks)}), got {args.task}")
+    task = tasks[args.task]
+    kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, describe_tools=not args.short_context)
+    orch = OpenAIChatPolicy(args.url, args.model, **kw)
+    sub = OpenAIChatPolicy(args.sub_url or args.url, args.sub_model or args.model, **kw)
+    cfg = SwarmConfig(max_steps_main=args.max_steps_main, max_steps_sub=args.max_steps_sub)
+    prompt = "Use the tools; answer with finish(answer=<markdown table>)." if args.short_context else None
+    question = f"{task.query} Columns: {', '.join(task.columns)}."
+    ep = SwarmRuntime(Web(world), orch, sub, cfg).run_sync(question, system_prompt=prompt)
+    print(json.dumps({"task": question, "answer": ep.answer, "summary": ep.summary(),
+                      "item_f1": score_table(ep.answer or "", task)["item_f1"],
+                      "requests": {"orchestrator": orch.calls, "subagents": sub.calls}}, indent=1, default=str))
+    if args.trace:
+        save_episodes(args.trace, [ep])
+
+
+if __name__ == "__main__":
+    main()

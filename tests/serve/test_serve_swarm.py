@@ -115,3 +115,13 @@ def test_http_errors_become_observations(model_server):
         .run_sync(TASK)
     assert ep.cutoff == "step_limit" and ep.errors["raised"] == 2
     assert "HTTP 404" in ep.steps[0].errors[0]
+
+
+def test_swarm_cli_against_the_server(model_server, capsys, tmp_path):
+    from k25mini.agents.openai_policy import main
+
+    main(["--url", model_server.url, "--model", MODEL, "--short-context", "--max-steps-main", "2",
+          "--max-steps-sub", "1", "--max-tokens", "8", "--trace", str(tmp_path / "ep.jsonl")])
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests"]["orchestrator"] == 2 and out["summary"]["main_steps"] == 2
+    assert 0.0 <= out["item_f1"] <= 1.0 and (tmp_path / "ep.jsonl").stat().st_size > 0
