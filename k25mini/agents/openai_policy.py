@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--short-context", action="store_true",
-                    help="a one-line system prompt and tool schemas without descriptions (models with ~1k positions)")
+                    help="a one-line system prompt, tool schemas without descriptions and a 600-byte context "
+                         "window (models with ~1k positions, e.g. the nano preset)")
+    ap.add_argument("--context-window", type=int, default=None,
+                    help="the agents' context window in UTF-8 bytes (default 8000; 600 with --short-context)")
     ap.add_argument("--trace", default=None, help="write the episode as JSONL here")
     args = ap.parse_args(argv)
 
@@ -235,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, describe_tools=not args.short_context)
     orch = OpenAIChatPolicy(args.url, args.model, **kw)
     sub = OpenAIChatPolicy(args.sub_url or args.url, args.sub_model or args.model, **kw)
-    cfg = SwarmConfig(max_steps_main=args.max_steps_main, max_steps_sub=args.max_steps_sub)
+    window = args.context_window or (600 if args.short_context else 8000)
+    # UTF-8 bytes: what the context costs a byte-level model such as k25mini's (a U+FFFD the model wrote is 3)
+    cfg = SwarmConfig(max_steps_main=args.max_steps_main, max_steps_sub=args.max_steps_sub, context_window=window,
+                      max_observation=min(2000, max(1, window // 2)), count=lambda t: len(t.encode("utf-8", "replace")))
     prompt = "Use the tools; answer with finish(answer=<markdown table>)." if args.short_context else None
     question = f"{task.query} Columns: {', '.join(task.columns)}."
     ep = SwarmRuntime(Web(world), orch, sub, cfg).run_sync(question, system_prompt=prompt)
