@@ -170,9 +170,13 @@ def create_app(engine: Any, model_id: str, *, limits: Limits | None = None, max_
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         app.state.counts["requests"] += 1
-        body = loads_body(await read_body(request), limits)
-        req = parse_chat_request(body, limits, {model_id}, engine.patch_size)
-        prompt = render_prompt(req, tok, engine.counts, engine.chunk_size, template)
+        raw = await read_body(request)
+
+        def prepare():  # JSON, image decoding and the template off the event loop: a large image takes a while
+            req = parse_chat_request(loads_body(raw, limits), limits, {model_id}, engine.patch_size)
+            return req, render_prompt(req, tok, engine.counts, engine.chunk_size, template)
+
+        req, prompt = await asyncio.to_thread(prepare)
         n_prompt = len(prompt.ids) + len(prompt.forced)
         room = engine.max_positions - n_prompt
         cap = limits.max_prompt_tokens

@@ -133,10 +133,30 @@ def test_cli_serves_a_checkpoint(checkpoint):
         proc.wait(30)
 
 
-def test_cli_rejects_a_missing_checkpoint(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "k25mini.serve", "--checkpoint", str(tmp_path / "nope")],
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "nope" in r.stderr
+def test_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
+    from k25mini.serve.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_load_model_from_a_training_checkpoint(tmp_path):
+    import torch
+
+    from k25mini.serve import load_model
+    from k25mini.train import save_checkpoint
+    from tests.rl.printable import printable_model
+
+    model = printable_model(seed=3)
+    save_checkpoint(tmp_path / "checkpoints", 7, model, None, {"step": 7}, {})
+    for path in (tmp_path, tmp_path / "checkpoints"):  # an out_dir or its checkpoint root: the latest step
+        got = load_model(path)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), got.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model(tmp_path, preset="small")
+    with pytest.raises(ValueError, match="directory"):
+        load_model(tmp_path / "missing")
 
 
 def test_streamable_prefix():
