@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from k25mini.serve import ScriptedEngine, ServerThread, create_app
 from tests.serve.conftest import png_url
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                      st.text(max_size=20))
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
 junk = st.recursive(json_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
                                                         st.dictionaries(st.text(max_size=8), kids, max_size=4)),
                     max_leaves=12)
