@@ -72,8 +72,9 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         reproduce=("--workers", "{workers}")),
     Experiment(
         name="vision_rl", chapter="07", title="clipped RL: vision-only RL and the text suites (Table 2)",
-        package="k25mini.experiments.ch07_clipped_rl", results=("vision_rl_cpu.json", "vision_rl/cpu", "rl_mismatch_cpu.json",
-                                                                "rl_mismatch/cpu", "rl_toggle_cpu.json", "rl_toggle/cpu"),
+        package="k25mini.experiments.ch07_clipped_rl",
+        results=("vision_rl_cpu.json", "vision_rl/cpu", "rl_mismatch_cpu.json", "rl_mismatch/cpu", "rl_toggle_cpu.json",
+                 "rl_toggle/cpu"),
         section="k25mini.experiments.ch07_clipped_rl.report:section",
         speedrun="k25mini.experiments.ch07_clipped_rl.speedrun:speedrun_stages",
         reproduce=("--workers", "{workers}")),
