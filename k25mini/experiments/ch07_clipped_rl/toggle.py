@@ -80,7 +80,7 @@ class ToggleConfig:
     items_per_iter: int = 8
     k: int = 8
     max_new_tokens: int = 72
-    lr: float = 3e-4
+    lr: float = 1e-4  # 3e-4 (Table 2's) lowered accuracy in every mode, even without a budget: docs/rl.md
     rho: float = 50.0
     lam: float = 0.25
     m: int = 4
@@ -149,7 +149,7 @@ def toggle_config(scale: str | None = None, **overrides: Any) -> ToggleConfig:
                 max_new_tokens=pick(smoke=12, cpu=72, gpu=72, scale=sc),
                 budget_items=pick(smoke=2, cpu=32, gpu=64, scale=sc),
                 budget_k=pick(smoke=2, cpu=8, gpu=8, scale=sc),
-                eval_items=pick(smoke=4, cpu=256, gpu=512, scale=sc),
+                eval_items=pick(smoke=4, cpu=512, gpu=1024, scale=sc),
                 eval_every=pick(smoke=1, cpu=20, gpu=25, scale=sc))
     base.update(overrides)
     return ToggleConfig(scale=sc, **base)
