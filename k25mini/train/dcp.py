@@ -21,9 +21,11 @@ step, the router biases are persistent buffers, max logits and expert loads are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,14 @@ def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer, mesh=None) -> 
     return {"model": msd, "optim": osd}
 
 
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns "assuming the intent is to load in a single process" even when told so (no_dist): it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to .* in a single process.*")
+        yield
+
+
 def _check_path(path: str | os.PathLike, what: str = "path") -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{what} must be a path, got {type(path).__name__}")
@@ -99,7 +109,8 @@ def save_dcp(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.O
     info = {"step": step, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "mesh": None if mesh is None else {"dp": mesh["dp"].size(), "ep": mesh["ep"].size()}}
     state["meta"] = {"json": json.dumps({**info, **(meta or {})})}
-    dcp.save(state, checkpoint_id=str(p), no_dist=not dist.is_initialized())
+    with _single_process_ok():
+        dcp.save(state, checkpoint_id=str(p), no_dist=not dist.is_initialized())
     return p
 
 
@@ -114,7 +125,8 @@ def load_dcp(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.O
         raise FileNotFoundError(f"path {str(p)!r} is not a DCP checkpoint (no .metadata file)")
     state = dcp_state(model, optimizer, mesh)
     state["meta"] = {"json": ""}
-    dcp.load(state, checkpoint_id=str(p), no_dist=not dist.is_initialized())
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(p), no_dist=not dist.is_initialized())
     msd = {k: _unwrap(v) for k, v in state["model"].items()}
     osd = state["optim"]
     osd["state"] = {name: {k: _unwrap(v) for k, v in st.items()} for name, st in osd.get("state", {}).items()}
@@ -161,7 +173,8 @@ def dcp_to_safetensors(dcp_dir: str | os.PathLike, out_file: str | os.PathLike) 
         raise FileNotFoundError(f"dcp_dir {str(src)!r} is not a DCP checkpoint (no .metadata file)")
     with tempfile.TemporaryDirectory() as d:
         tmp = os.path.join(d, "full.pt")
-        dcp_to_torch_save(str(src), tmp)
+        with _single_process_ok():
+            dcp_to_torch_save(str(src), tmp)
         state = torch.load(tmp, weights_only=False)
     tensors: dict[str, torch.Tensor] = {}
     other: dict[str, Any] = {}
@@ -188,5 +201,6 @@ def safetensors_to_dcp(in_file: str | os.PathLike, dcp_dir: str | os.PathLike) -
     with tempfile.TemporaryDirectory() as d:
         tmp = os.path.join(d, "full.pt")
         torch.save(state, tmp)
-        torch_save_to_dcp(tmp, str(dst))
+        with _single_process_ok():
+            torch_save_to_dcp(tmp, str(dst))
     return dst

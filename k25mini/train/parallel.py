@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from k25mini.optim.qk_clip import QKClip, qk_clip_gamma
 __all__ = [
     "ParallelDims",
     "build_mesh",
+    "fsdp_mesh",
     "build_parallel_model",
     "init_weights_",
     "expert_params",
@@ -80,7 +82,7 @@ class ParallelDims:
 
 
 def build_mesh(dp: int, ep: int, device_type: str | None = None):
-    """The 2-D DeviceMesh ``(dp, ep)`` with names ("dp", "ep"), plus a flattened "fsdp" dim over all ranks.
+    """The 2-D DeviceMesh ``(dp, ep)`` with names ("dp", "ep"); :func:`fsdp_mesh` gives its flattened 1-D view.
 
     Rank ``r`` sits at ``(r // ep, r % ep)``: the ``ep`` peers of one data shard are neighbours.
     """
@@ -94,8 +96,18 @@ def build_mesh(dp: int, ep: int, device_type: str | None = None):
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mesh = init_device_mesh(device_type, (dp, ep), mesh_dim_names=("dp", "ep"))
-    mesh["dp", "ep"]._flatten("fsdp")
+    _FSDP_MESH[mesh] = mesh["dp", "ep"]._flatten("fsdp")
     return mesh
+
+
+_FSDP_MESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fsdp_mesh(mesh):
+    """The 1-D mesh over all ranks (``dp`` and ``ep`` flattened) that FSDP2 shards the non-expert weights over."""
+    if mesh not in _FSDP_MESH:
+        _FSDP_MESH[mesh] = mesh["dp", "ep"]._flatten("fsdp")
+    return _FSDP_MESH[mesh]
 
 
 # ---------------------------------------------------------------------------------------------- construction
@@ -255,7 +267,7 @@ def build_parallel_model(cfg: ModelConfig, mesh=None, *, kind: str = "text", see
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mp \
             else MixedPrecisionPolicy()
         ignored = {p for _, p in expert_params(model)}
-        kw: dict[str, Any] = dict(mesh=mesh["fsdp"], mp_policy=policy, ignored_params=ignored)
+        kw: dict[str, Any] = dict(mesh=fsdp_mesh(mesh), mp_policy=policy, ignored_params=ignored)
         for u in _fsdp_units(model):
             fully_shard(u, **kw)
         fully_shard(model, **kw)
