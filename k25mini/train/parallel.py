@@ -259,6 +259,13 @@ def build_parallel_model(cfg: ModelConfig, mesh=None, *, kind: str = "text", see
                     if isinstance(m, MoELayer):
                         m.enable_expert_parallel(group)
     if activation_checkpointing:
+        # kernels.grouped_torch probes F.grouped_mm (forward + backward) once per device and dtype, on first use: if
+        # that first use were inside a checkpointed forward, the probe's saved tensors would be counted there and
+        # not in the recomputation ("a different number of tensors was saved"). Probe now.
+        from kernels.grouped_torch import grouped_mm_usable
+
+        for dt in (torch.float32, torch.bfloat16):
+            grouped_mm_usable(dt, 16, 16, device)
         for m in model.modules():
             if type(m).__name__ == "K2DecoderLayer":
                 _checkpoint_layer(m)
