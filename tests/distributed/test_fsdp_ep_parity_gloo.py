@@ -1,7 +1,7 @@
 """FSDP2 x expert parallel on gloo (CPU) against one process, with MuonClip, QK-Clip and the router-bias update.
 
 pytest runs this file's ``main()`` under ``torchrun --nproc_per_node 2`` for two meshes, dp=1 x ep=2 and dp=2 x ep=1
-(the latter with activation checkpointing), 10 steps each, and compares the world-averaged loss of every step with
+(the former with activation checkpointing), 10 steps each, and compares the world-averaged loss of every step with
 an in-process single-process run: fp32, |delta loss| <= 1e-6. The only differences are the order of floating-point
 sums (gradients averaged over half-batches, norms summed over shards); Newton-Schulz sees the same whole matrices.
 The runs save a DCP checkpoint at step 5; the test loads it in one process, continues to step 10 and lands on the
@@ -28,7 +28,7 @@ from k25mini.config import nano
 STEPS, SAVE_AT = 10, 5
 BATCH, SEQ, VOCAB = 4, 16, 300
 TOL = 1e-6
-MESHES = ((1, 2, False), (2, 1, True))  # (dp, ep, activation checkpointing)
+MESHES = ((1, 2, True), (2, 1, False))  # (dp, ep, activation checkpointing)
 
 
 def _cfg():
