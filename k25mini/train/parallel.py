@@ -2,7 +2,7 @@
 
     mesh  = build_mesh(dp, ep)                         # dp * ep == world size; dims named ("dp", "ep")
     model = build_parallel_model(cfg, mesh, seed=0)   # meta -> EP -> (AC) -> fully_shard -> to_empty -> init
-    opt   = build_parallel_optimizer(model, mesh, lr=...)
+    opt   = build_parallel_optimizer(model, lr=...)  # MuonClip + QK-Clip + router-bias hook, on shards
     loss  = parallel_train_step(model, opt, mesh, batch_at(step), lr_mult)
 
 What lives where (``W = dp * ep`` processes, every one of them a data-parallel rank with its own slice of the batch):

@@ -5,7 +5,8 @@ pytest runs this file's ``main()`` under ``torchrun --nproc_per_node 2`` for two
 an in-process single-process run: fp32, |delta loss| <= 1e-6. The only differences are the order of floating-point
 sums (gradients averaged over half-batches, norms summed over shards); Newton-Schulz sees the same whole matrices.
 The runs save a DCP checkpoint at step 5; the test loads it in one process, continues to step 10 and lands on the
-same losses; a DCP -> safetensors -> DCP round trip continues bit-identically. With 4 CPU cores (or
+same losses; the same 2-process mesh resumes from it bit for bit; router biases are identical on every rank and equal
+to the single process's; a DCP -> safetensors -> DCP round trip continues bit-identically. With 4 CPU cores (or
 ``K25_DIST_4=1``) the 2-process checkpoint is also loaded by 4 processes (dp=2 x ep=2) and continued.
 """
 
@@ -66,6 +67,13 @@ def _run(model, opt, mesh, start: int, stop: int, save=None) -> list[float]:
     return losses
 
 
+def _biases(model) -> list[list[float]]:
+    """The router biases (aux-loss-free balancing) of every MoE layer, as lists."""
+    from k25mini.model.moe import MoELayer
+
+    return [m.router.e_score_correction_bias.tolist() for m in model.modules() if isinstance(m, MoELayer)]
+
+
 def main() -> None:
     """Worker body (torchrun). argv: out_dir, then "parity" (2 ranks) or "load4" (4 ranks)."""
     from k25mini.train.dcp import load_dcp
@@ -86,8 +94,14 @@ def main() -> None:
             t0 = time.perf_counter()
             losses = _run(model, opt, mesh, 0, STEPS, save=out / f"dcp_{dp}x{ep}")
             clipped = sum(h["clipped_heads"] for h in opt.qk_clip.history)
+            everyone: list = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, _biases(model))
+            # the same mesh resumes from its own step-5 checkpoint: same arithmetic, so the same bits
+            model2, opt2 = _setup(mesh, seed=123, ac=ac)
+            step = load_dcp(out / f"dcp_{dp}x{ep}", model2, opt2, mesh)["step"]
+            resumed = _run(model2, opt2, mesh, step, STEPS)
             result[f"{dp}x{ep}"] = {"losses": losses, "clipped": clipped, "s": time.perf_counter() - t0,
-                                    "gathered_bytes": opt.gathered_bytes}
+                                    "gathered_bytes": opt.gathered_bytes, "biases": everyone, "resumed": resumed}
     else:  # load the 2-rank checkpoint at 4 ranks (dp=2 x ep=2) and continue
         mesh = build_mesh(2, 2)
         model, opt = _setup(mesh, seed=123)
@@ -127,11 +141,12 @@ def runs(tmp_path_factory):
 
     def reference():
         model, opt = _setup(None)
-        return _run(model, opt, None, 0, STEPS), sum(h["clipped_heads"] for h in opt.qk_clip.history)
+        losses = _run(model, opt, None, 0, STEPS)
+        return losses, sum(h["clipped_heads"] for h in opt.qk_clip.history), _biases(model)
 
-    ref, clipped = _single(reference)
+    ref, clipped, biases = _single(reference)
     return {"out": out, "dist": json.loads((out / "parity.json").read_text()), "ref": ref, "clipped": clipped,
-            "wall": wall}
+            "biases": biases, "wall": wall}
 
 
 def _worst(a, b) -> float:
@@ -152,6 +167,11 @@ def test_fsdp_x_ep_loss_matches_one_process(runs):
               f"{r['clipped']} heads clipped; {r['s']:.1f} s; torchrun wall {runs['wall']:.1f} s")
         assert r["clipped"] == runs["clipped"]
         assert worst <= TOL, (dp, ep, r["losses"], ref)
+        # router biases: identical on every rank, and equal to the single process's (sign updates of equal loads)
+        assert all(b == r["biases"][0] for b in r["biases"])
+        assert r["biases"][0] == runs["biases"] and any(x != 0 for layer in runs["biases"] for x in layer)
+        # resuming on the same mesh from the step-5 checkpoint repeats the run bit for bit
+        assert r["resumed"] == r["losses"][SAVE_AT:]
     assert d["2x1"]["gathered_bytes"] > 0  # Muon gathered the FSDP-sharded matrices
 
 
@@ -210,12 +230,15 @@ def test_dcp_saved_at_2_continues_at_4(runs):
 
 def test_bad_inputs_name_the_argument(tmp_path):
     from k25mini.train.dcp import dcp_to_safetensors, load_dcp
-    from k25mini.train.parallel import ParallelDims, build_parallel_model, toy_lm_batch
+    from k25mini.train.parallel import ParallelDims, build_mesh, build_parallel_model, toy_lm_batch
 
     with pytest.raises(ValueError, match="dp"):
         ParallelDims(0, 2)
     with pytest.raises(ValueError, match="ep"):
         ParallelDims(1, 1.5)
+    if not dist.is_initialized():
+        with pytest.raises(ValueError, match="process group"):
+            build_mesh(1, 1)
     with pytest.raises(ValueError, match="kind"):
         build_parallel_model(_cfg(), None, kind="vit")
     with pytest.raises(ValueError, match="vocab"):
