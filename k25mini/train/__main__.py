@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--safetensors", action="store_true", help="also convert the final checkpoint to one .safetensors")
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0: leave as is; torchrun sets OMP_NUM_THREADS=1)")
     return p
 
 
@@ -52,7 +55,7 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace, world: int) -> tup
     for name in ("steps", "batch", "seq", "log_every"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    for name in ("warmup", "ckpt_every"):
+    for name in ("warmup", "ckpt_every", "threads"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
     if not a.lr > 0:
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     info = init_distributed()
     dp, ep = _check(p, a, info.world_size)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     mesh = build_mesh(dp, ep, info.device.type) if info.world_size > 1 else None
     cfg = preset(a.preset)
     if a.model == "text":
@@ -108,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             if lead:
                 print(f"resumed from {last} (step {step})", flush=True)
     if lead:
-        n = sum(p_.numel() for p_ in model.parameters())
+        from k25mini.config import count_params
+
+        held = sum((p_.to_local() if hasattr(p_, "to_local") else p_).numel() for p_ in model.parameters())
         print(f"k25mini.train: preset={a.preset} model={a.model} world={info.world_size} mesh dp={dp} x ep={ep} "
-              f"device={info.device} local params={n:,}", flush=True)
+              f"device={info.device} params={count_params(cfg).total:,} (rank 0 holds {held:,})", flush=True)
         if out:
             out.mkdir(parents=True, exist_ok=True)
     vocab = cfg.text.vocab_size

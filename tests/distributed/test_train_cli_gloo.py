@@ -35,7 +35,7 @@ def test_torchrun_entry_point_trains_resumes_and_converts(tmp_path):
 
     # one process picks up the 2-process checkpoint and goes on to step 6, then writes one safetensors file
     cmd1 = [sys.executable, "-m", "k25mini.train", *ARGS, "--steps", "6", "--out", str(out), "--resume",
-            "--safetensors"]
+            "--threads", "1", "--safetensors"]
     proc = subprocess.run(cmd1, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "resumed from" in proc.stdout and "(step 4)" in proc.stdout
@@ -50,6 +50,7 @@ def test_torchrun_entry_point_trains_resumes_and_converts(tmp_path):
     (["--dp", "3"], "--dp x --ep"),
     (["--steps", "0"], "--steps"),
     (["--lr", "0"], "--lr"),
+    (["--threads", "-1"], "--threads"),
     (["--resume"], "--out"),
 ])
 def test_bad_arguments_are_named(args, needle, capsys, monkeypatch):
