@@ -4,6 +4,7 @@
     step = load_dcp(path, model, optimizer, mesh)             # any world size, including one process (mesh=None)
     dcp_to_safetensors(path, "run.safetensors")               # one file, full tensors
     safetensors_to_dcp("run.safetensors", other_path)         # and back
+    to_published(dcp_model_state_dict(path), cfg)             # k25mini.interop: the published Kimi names
 
 What is written: ``{"model": <state dict>, "optim": <optimizer state dict>, "meta": {...}}`` as produced by
 ``get_state_dict`` (``torch.distributed.checkpoint.state_dict``): FSDP2 parameters and their optimizer state are
@@ -33,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["dcp_state", "save_dcp", "load_dcp", "dcp_to_safetensors", "safetensors_to_dcp"]
+__all__ = ["dcp_state", "save_dcp", "load_dcp", "dcp_model_state_dict", "dcp_to_safetensors", "safetensors_to_dcp"]
 
 
 def _expert_names(model: nn.Module) -> dict[str, int]:
@@ -158,6 +159,26 @@ def _unflatten(tensors: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _gather(src: Path) -> dict[str, Any]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    if not (src / ".metadata").is_file():
+        raise FileNotFoundError(f"dcp_dir {str(src)!r} is not a DCP checkpoint (no .metadata file)")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = os.path.join(d, "full.pt")
+        with _single_process_ok():
+            dcp_to_torch_save(str(src), tmp)
+        return torch.load(tmp, weights_only=False)
+
+
+def dcp_model_state_dict(dcp_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights of a DCP checkpoint as one full state dict (k25mini names, global shapes; one process).
+
+    For the published Kimi / DeepSeek-V3 names pass it to :func:`k25mini.interop.to_published`, or load it into
+    an unsharded model and call :func:`k25mini.interop.save_pretrained`."""
+    return dict(_gather(_check_path(dcp_dir, "dcp_dir"))["model"])
+
+
 def dcp_to_safetensors(dcp_dir: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """Gather a DCP checkpoint into one ``.safetensors`` file (one process, no process group needed).
 
@@ -166,16 +187,9 @@ def dcp_to_safetensors(dcp_dir: str | os.PathLike, out_file: str | os.PathLike) 
     (key ``k25mini.nontensor``).
     """
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     src, dst = _check_path(dcp_dir, "dcp_dir"), _check_path(out_file, "out_file")
-    if not (src / ".metadata").is_file():
-        raise FileNotFoundError(f"dcp_dir {str(src)!r} is not a DCP checkpoint (no .metadata file)")
-    with tempfile.TemporaryDirectory() as d:
-        tmp = os.path.join(d, "full.pt")
-        with _single_process_ok():
-            dcp_to_torch_save(str(src), tmp)
-        state = torch.load(tmp, weights_only=False)
+    state = _gather(src)
     tensors: dict[str, torch.Tensor] = {}
     other: dict[str, Any] = {}
     _flatten(state, "", tensors, other)

@@ -179,7 +179,8 @@ def test_fsdp_x_ep_loss_matches_one_process(runs):
 def test_dcp_saved_at_2_continues_at_1_and_through_safetensors(runs, tmp_path):
     from safetensors.torch import load_file
 
-    from k25mini.train.dcp import dcp_to_safetensors, load_dcp, safetensors_to_dcp
+    from k25mini.interop import from_published, to_published
+    from k25mini.train.dcp import dcp_model_state_dict, dcp_to_safetensors, load_dcp, safetensors_to_dcp
 
     ref = runs["ref"]
     for name in ("dcp_1x2", "dcp_2x1"):
@@ -203,6 +204,12 @@ def test_dcp_saved_at_2_continues_at_1_and_through_safetensors(runs, tmp_path):
     for k, v in single.items():  # global shapes, experts included
         assert flat[f"model/{k}"].shape == v.shape, k
     back = safetensors_to_dcp(st, tmp_path / "dcp_back")
+    # the model weights in the published Kimi / DeepSeek-V3 names, and back (k25mini.interop)
+    full = dcp_model_state_dict(runs["out"] / "dcp_1x2")
+    pub = to_published(full, _cfg())
+    assert any(".mlp.experts.3.down_proj.weight" in k for k in pub)  # every expert, whole, in its own tensor
+    again = from_published(pub, _cfg())
+    assert again.keys() == full.keys() and all(torch.equal(again[k], full[k]) for k in full)
 
     def via(path):
         model, opt = _setup(None, seed=7)
