@@ -242,6 +242,8 @@ def build_parallel_model(cfg: ModelConfig, mesh=None, *, kind: str = "text", see
         raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     if not isinstance(activation_checkpointing, bool):
         raise ValueError(f"activation_checkpointing must be True or False, got {activation_checkpointing!r}")
+    if mixed_precision is not None and not isinstance(mixed_precision, bool):
+        raise ValueError(f"mixed_precision must be None, True or False, got {mixed_precision!r}")
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
