@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
     try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))  # the helpers' module, run alone too
         from test_moe_bias_hook import _batch_at, _biases, _cfg, _lm, _loss
 
         from k25mini.train import Trainer
