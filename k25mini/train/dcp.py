@@ -9,10 +9,14 @@
 What is written: ``{"model": <state dict>, "optim": <optimizer state dict>, "meta": {...}}`` as produced by
 ``get_state_dict`` (``torch.distributed.checkpoint.state_dict``): FSDP2 parameters and their optimizer state are
 DTensors, so every rank writes its rows and DCP's metadata records where they sit in the global tensor. Routed
-expert weights are plain tensors holding this rank's block of experts; before saving they are described as a
-DTensor ``Shard(0)`` over the ``ep`` mesh dimension with the global shape ``[E, ...]`` (and unwrapped after
-loading), so a checkpoint always holds global tensors under the model's own parameter names, whatever wrote it.
-``dp`` replicas write the same expert rows; DCP's planner keeps one copy.
+expert weights hold this rank's block of ``E/ep`` experts: a plain tensor when ``dp == 1``, a DTensor
+``Shard(0)`` over ``mesh["dp"]`` (global shape ``[E/ep, ...]``) when ``dp > 1``. Before saving they are described
+with the global shape ``[E, ...]``: the plain block as a DTensor ``Shard(0)`` over the ``ep`` mesh dimension, the
+dp-sharded block as a DTensor ``(Shard(0), Shard(0))`` over the mesh transposed to ``("ep", "dp")`` (experts split
+over ``ep`` first, each block over ``dp``: the rows FSDP2 keeps, uneven chunks included); with ``ep == 1`` the
+dp-sharded DTensor is global already. After loading, the original tensors (which the wrappers alias, and DCP
+loads in place) go to ``set_state_dict``. A checkpoint therefore always holds global tensors under the model's
+own parameter names, whatever mesh wrote it.
 
 Loading builds the same structure for the current model (its own sharding) and lets DCP read the slices each rank
 needs: save at 2 processes, load at 1 or at 4. Nothing else is needed for an exact continuation of
@@ -27,6 +31,7 @@ import json
 import os
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +53,37 @@ def _expert_names(model: nn.Module) -> dict[str, int]:
     return out
 
 
+_EP_DP_MESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ep_dp_mesh(mesh):
+    """``mesh`` (dims ("dp", "ep")) transposed to ("ep", "dp"): the same ranks, no new process groups (only
+    coordinates are needed to describe where a shard sits; nothing communicates over it)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if mesh not in _EP_DP_MESH:
+        _EP_DP_MESH[mesh] = DeviceMesh(mesh.device_type, mesh.mesh.transpose(0, 1).contiguous(),
+                                       mesh_dim_names=("ep", "dp"), _init_backend=False)
+    return _EP_DP_MESH[mesh]
+
+
 def _wrap(t: torch.Tensor, num_experts: int, mesh) -> torch.Tensor:
     from torch.distributed.tensor import DTensor, Shard
 
-    if mesh is None or mesh["ep"].size() == 1 or t.shape[0] == num_experts:
+    if mesh is None or t.shape[0] == num_experts:  # whole, or a DTensor that is global already (ep == 1)
         return t
     shape = (num_experts, *t.shape[1:])
     stride = torch.empty(shape, device="meta").stride()
+    if isinstance(t, DTensor):  # [E/ep, ...] FSDP-sharded over dp: ep blocks, each split over dp
+        if t.placements != (Shard(0),) or t.device_mesh.mesh_dim_names != ("dp",):
+            raise ValueError(f"expert DTensor must be Shard(0) over the 'dp' mesh, got {t.placements} over "
+                             f"{t.device_mesh.mesh_dim_names}")
+        return DTensor.from_local(t.to_local(), _ep_dp_mesh(mesh), [Shard(0), Shard(0)], run_check=False,
+                                  shape=shape, stride=stride)
     return DTensor.from_local(t, mesh["ep"], [Shard(0)], run_check=False, shape=shape, stride=stride)
 
 
-def _unwrap(t: Any) -> Any:
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) and t.device_mesh.mesh_dim_names == ("ep",) else t
-
-
-def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer, mesh=None) -> dict[str, Any]:
-    """``{"model", "optim"}`` from ``get_state_dict``, expert blocks described as global ``[E, ...]`` tensors."""
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer, mesh) -> tuple[dict[str, Any], dict[int, Any]]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     if not isinstance(model, nn.Module):
@@ -73,15 +91,27 @@ def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer, mesh=None) -> 
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     msd, osd = get_state_dict(model, optimizer)
-    experts = _expert_names(model)
-    for name, e in experts.items():
+    originals: dict[int, Any] = {}  # id(wrapper) -> the tensor it describes (and aliases)
+
+    def wrap(t: torch.Tensor, e: int) -> torch.Tensor:
+        w = _wrap(t, e, mesh)
+        if w is not t:
+            originals[id(w)] = t
+        return w
+
+    for name, e in _expert_names(model).items():
         if name in msd:
-            msd[name] = _wrap(msd[name], e, mesh)
+            msd[name] = wrap(msd[name], e)
         if name in osd.get("state", {}):
             # a new dict: get_optimizer_state_dict may hand out the optimiser's own per-parameter dicts
-            osd["state"][name] = {k: _wrap(v, e, mesh) if isinstance(v, torch.Tensor) and v.ndim > 0 else v
+            osd["state"][name] = {k: wrap(v, e) if isinstance(v, torch.Tensor) and v.ndim > 0 else v
                                   for k, v in osd["state"][name].items()}
-    return {"model": msd, "optim": osd}
+    return {"model": msd, "optim": osd}, originals
+
+
+def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer, mesh=None) -> dict[str, Any]:
+    """``{"model", "optim"}`` from ``get_state_dict``, expert blocks described as global ``[E, ...]`` tensors."""
+    return _dcp_state(model, optimizer, mesh)[0]
 
 
 @contextlib.contextmanager
@@ -124,13 +154,17 @@ def load_dcp(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.O
     p = _check_path(path)
     if not (p / ".metadata").is_file():
         raise FileNotFoundError(f"path {str(p)!r} is not a DCP checkpoint (no .metadata file)")
-    state = dcp_state(model, optimizer, mesh)
+    state, originals = _dcp_state(model, optimizer, mesh)
     state["meta"] = {"json": ""}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(p), no_dist=not dist.is_initialized())
-    msd = {k: _unwrap(v) for k, v in state["model"].items()}
+
+    def unwrap(v: Any) -> Any:  # DCP loaded in place into the wrapper, i.e. into the tensor it aliases
+        return originals.get(id(v), v)
+
+    msd = {k: unwrap(v) for k, v in state["model"].items()}
     osd = state["optim"]
-    osd["state"] = {name: {k: _unwrap(v) for k, v in st.items()} for name, st in osd.get("state", {}).items()}
+    osd["state"] = {name: {k: unwrap(v) for k, v in st.items()} for name, st in osd.get("state", {}).items()}
     set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd)
     return json.loads(state["meta"]["json"])
 

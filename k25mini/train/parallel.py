@@ -7,11 +7,15 @@
 
 What lives where (``W = dp * ep`` processes, every one of them a data-parallel rank with its own slice of the batch):
 
-* Routed experts: rank (d, e) keeps experts ``[e*E/ep, (e+1)*E/ep)`` of every MoE layer
-  (:meth:`k25mini.model.moe.MoELayer.enable_expert_parallel` over the ``ep`` sub-group) and exchanges tokens
-  with ``all_to_all_single``. Experts are *not* FSDP-sharded (``ignored_params``): the ``dp`` replicas of one
-  block hold it whole, and their gradients are summed over the ``dp`` group and divided by W by
-  :func:`sync_expert_grads` (the all-to-all already brought every ``ep`` peer's contribution home).
+* Routed experts: the ``ep`` ranks of one data shard split the experts of every MoE layer (rank (d, e) owns
+  experts ``[e*E/ep, (e+1)*E/ep)``, :meth:`k25mini.model.moe.MoELayer.enable_expert_parallel` over the ``ep``
+  sub-group) and exchange tokens with ``all_to_all_single``. When ``dp > 1`` each layer's ep-local expert module
+  is FSDP2-sharded over the ``dp`` sub-mesh (``fully_shard(experts, mesh=mesh["dp"])``, before the outer units):
+  rank (d, e) stores experts ``e*E/ep + [d*c, (d+1)*c)`` with ``c = ceil(E/(ep*dp))``, whole matrices on dim 0,
+  all-gathered over ``dp`` for the forward and reduce-scattered (mean over ``dp``) in backward;
+  :func:`sync_expert_grads` divides by ``ep`` (the all-to-all already summed the ``ep`` peers' contributions on
+  the owner), so the gradient is the mean over all W ranks, as for every other weight. With ``dp == 1`` they
+  stay plain tensors (``ignored_params``) and :func:`sync_expert_grads` divides by W.
 * Everything else (attention, dense MLP, shared experts, router, norms, embeddings, head, vision tower):
   FSDP2 ``fully_shard`` over all W ranks (the flattened mesh), one unit per decoder layer and per vision block,
   plus the vision tower and the root. Parameters are DTensors sharded on dim 0; FSDP averages their gradients.
@@ -234,6 +238,8 @@ def build_parallel_model(cfg: ModelConfig, mesh=None, *, kind: str = "text", see
     ``fully_shard`` the rest over all ranks, ``to_empty`` and :func:`init_weights_`.
 
     ``mesh=None``: one process, no sharding (the reference the parity tests compare with).
+    ``dp > 1``: every layer's ep-local expert module gets its own ``fully_shard`` over ``mesh["dp"]`` first (its
+    parameters become DTensors ``Shard(0)`` over ``dp``: whole expert matrices); the outer units then skip them.
     ``mixed_precision``: bf16 parameters with fp32 gradient reduction (default: on CUDA only; fp32 on CPU).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -275,7 +281,13 @@ def build_parallel_model(cfg: ModelConfig, mesh=None, *, kind: str = "text", see
         mp = mixed_precision if mixed_precision is not None else device.type == "cuda"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mp \
             else MixedPrecisionPolicy()
-        ignored = {p for _, p in expert_params(model)}
+        ignored: set[nn.Parameter] | None = None
+        if mesh["dp"].size() > 1:  # experts: sharded over the dp ranks that hold the same block (as torchtitan)
+            for m in model.modules():
+                if isinstance(m, MoELayer):
+                    fully_shard(m.experts, mesh=mesh["dp"], mp_policy=policy)
+        else:  # one data shard: the block is whole on its rank, nothing to shard it over
+            ignored = {p for _, p in expert_params(model)} or None
         kw: dict[str, Any] = dict(mesh=fsdp_mesh(mesh), mp_policy=policy, ignored_params=ignored)
         for u in _fsdp_units(model):
             fully_shard(u, **kw)
@@ -318,8 +330,11 @@ class ShardedMuonClip(MuonClip):
     Newton-Schulz needs whole matrices. A parameter sharded on one of its two matrix dims (every FSDP2 matrix:
     ``Shard(0)``) has its momentum-corrected update gathered with ``full_tensor()`` (an all-gather of the
     matrix, the size of the parameter, per step), orthogonalised on every rank, and each rank keeps its rows.
-    Stacks of matrices sharded on a leading (batch) dim need nothing: each matrix is whole on one rank. The
-    momentum buffer stays sharded. AdamW groups are element-wise and run on the shards as they are.
+    Stacks of matrices sharded on a leading (batch) dim need nothing: each matrix is whole on one rank, and
+    Newton-Schulz runs per matrix on the local ones. That is the case of the routed experts FSDP-sharded over
+    ``dp`` (``[E/ep, D, 2F]`` on ``Shard(0)``: each rank orthogonalises the experts it stores, no gather; a rank
+    whose shard is empty, when ``dp > E/ep``, has nothing to do). The momentum buffer stays sharded. AdamW
+    groups are element-wise and run on the shards as they are.
     ``gathered_bytes`` counts what this rank received for Newton-Schulz in the last step.
     """
 
@@ -357,7 +372,8 @@ class ShardedMuonClip(MuonClip):
             if isinstance(u, DTensor):
                 whole = all(not isinstance(pl, Shard) or pl.dim < u.ndim - 2 for pl in u.placements)
                 if whole:  # a stack sharded on its batch dim: every matrix is on one rank
-                    o_local = _ns_local(u.to_local(), group, ns_dtype)
+                    u_local = u.to_local()
+                    o_local = _ns_local(u_local, group, ns_dtype) if u_local.numel() else u_local.clone()
                     o = DTensor.from_local(o_local, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
                 else:
                     full = u.full_tensor()
@@ -457,28 +473,36 @@ def build_parallel_optimizer(model: nn.Module, *, lr: float = 2e-3, weight_decay
 
 # ---------------------------------------------------------------------------------------------- one step
 def sync_expert_grads(model: nn.Module, mesh=None) -> None:
-    """Expert gradients: sum over the ``dp`` replicas, then divide by the world size W.
+    """Expert gradients to (1/W) sum over all W ranks of d(local loss)/dW: the average FSDP applies elsewhere.
 
-    The reverse all-to-all already summed the ``ep`` peers' contributions on the owner, so afterwards the
-    gradient is (1/W) sum over all ranks of d(local loss)/dW: the same average FSDP applies to the other weights.
+    The reverse all-to-all already summed the ``ep`` peers' contributions on the owner. ``dp > 1``: FSDP's
+    reduce-scatter over ``dp`` has averaged them (DTensor gradients), what is left is a division by ``ep``.
+    ``dp == 1``: plain tensors, divided by W (= ep).
     """
+    from torch.distributed.tensor import DTensor
+
     if mesh is None:
         return
-    world = mesh["dp"].size() * mesh["ep"].size()
+    dp, ep = mesh["dp"].size(), mesh["ep"].size()
     for _, p in expert_params(model):
         if p.grad is None:
             continue
-        if mesh["dp"].size() > 1:
+        if isinstance(p.grad, DTensor):  # FSDP-sharded over dp: already the mean over dp
+            if ep > 1:
+                p.grad.div_(ep)  # a local op on each shard
+            continue
+        if dp > 1:  # not reached by build_parallel_model (experts are FSDP-sharded when dp > 1)
             dist.all_reduce(p.grad, group=mesh["dp"].get_group())
-        p.grad.div_(world)
+        p.grad.div_(dp * ep)
 
 
 @torch.no_grad()
 def clip_grad_norm_(model: nn.Module, max_norm: float | None, mesh=None) -> float:
     """Global gradient L2 norm over every parameter (sharded, expert-parallel or plain); clips when ``max_norm``.
 
-    Sharded: each rank sums the squares of its shard, experts counted on ``dp`` coordinate 0 only (replicas),
-    one all-reduce over the world. Returns the norm before clipping.
+    Sharded: each rank sums the squares of what it holds (its DTensor shards, experts included: every expert row
+    lives on exactly one rank; plain expert blocks replicated over ``dp`` are counted on ``dp`` coordinate 0
+    only), one all-reduce over the world. Returns the norm before clipping.
     """
     from torch.distributed.tensor import DTensor
 
@@ -489,9 +513,12 @@ def clip_grad_norm_(model: nn.Module, max_norm: float | None, mesh=None) -> floa
     for p in model.parameters():
         if p.grad is None:
             continue
-        g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-        if id(p) in experts and dp_rank != 0:
+        if isinstance(p.grad, DTensor):
+            g = p.grad.to_local()
+        elif id(p) in experts and dp_rank != 0:
             continue
+        else:
+            g = p.grad
         sq += g.double().pow(2).sum().cpu()
     if mesh is not None:
         dev = grads[0].device if grads else torch.device("cpu")

@@ -6,8 +6,10 @@ an in-process single-process run: fp32, |delta loss| <= 1e-6. The only differenc
 sums (gradients averaged over half-batches, norms summed over shards); Newton-Schulz sees the same whole matrices.
 The runs save a DCP checkpoint at step 5; the test loads it in one process, continues to step 10 and lands on the
 same losses; the same 2-process mesh resumes from it bit for bit; router biases are identical on every rank and equal
-to the single process's; a DCP -> safetensors -> DCP round trip continues bit-identically. With 4 CPU cores (or
-``K25_DIST_4=1``) the 2-process checkpoint is also loaded by 4 processes (dp=2 x ep=2) and continued.
+to the single process's; a DCP -> safetensors -> DCP round trip continues bit-identically; each 2-process layout
+continues from the other's checkpoint. Per-rank parameter bytes (experts FSDP-sharded over dp when dp > 1) equal
+k25mini.plan's per-GPU parameter bytes within 5 %. With 4 CPU cores (or ``K25_DIST_4=1``) the 2-process checkpoint
+is also loaded by 4 processes (dp=2 x ep=2), continued and saved again at step 7; one process continues from that.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.distributed as dist
 
 from k25mini.config import nano
 
-STEPS, SAVE_AT = 10, 5
+STEPS, SAVE_AT, SAVE4_AT = 10, 5, 7
 BATCH, SEQ, VOCAB = 4, 16, 300
 TOL = 1e-6
 MESHES = ((1, 2, True), (2, 1, False))  # (dp, ep, activation checkpointing)
@@ -55,15 +57,19 @@ def _setup(mesh, seed: int = 0, ac: bool = False):
     return model, build_parallel_optimizer(model, lr=1e-2, qk_clip_tau=1.0)
 
 
-def _run(model, opt, mesh, start: int, stop: int, save=None) -> list[float]:
+def _run(model, opt, mesh, start: int, stop: int, save=None, save_at: int = SAVE_AT,
+         norms: list[float] | None = None) -> list[float]:
     from k25mini.train.dcp import save_dcp
     from k25mini.train.parallel import parallel_train_step, toy_lm_batch
 
     losses = []
     for step in range(start, stop):
-        if save is not None and step == SAVE_AT:
+        if save is not None and step == save_at:
             save_dcp(save, model, opt, mesh, step=step)
-        losses.append(parallel_train_step(model, opt, mesh, toy_lm_batch(step, BATCH, SEQ, VOCAB), _lr(step))["loss"])
+        out = parallel_train_step(model, opt, mesh, toy_lm_batch(step, BATCH, SEQ, VOCAB), _lr(step))
+        losses.append(out["loss"])
+        if norms is not None:  # losses barely see a wrong gradient scale (Muon is scale-invariant); norms do
+            norms.append(out["grad_norm"])
     return losses
 
 
@@ -72,6 +78,18 @@ def _biases(model) -> list[list[float]]:
     from k25mini.model.moe import MoELayer
 
     return [m.router.e_score_correction_bias.tolist() for m in model.modules() if isinstance(m, MoELayer)]
+
+
+def _local_bytes(model) -> dict[str, int]:
+    """Bytes this rank stores: all parameters, and the routed experts alone (DTensors: the local shard)."""
+    from k25mini.train.parallel import expert_params
+
+    def nbytes(p) -> int:
+        t = p.to_local() if hasattr(p, "to_local") else p
+        return t.numel() * t.element_size()
+
+    return {"params": sum(nbytes(p) for p in model.parameters()),
+            "experts": sum(nbytes(p) for _, p in expert_params(model))}
 
 
 def main() -> None:
@@ -91,8 +109,11 @@ def main() -> None:
         for dp, ep, ac in MESHES:
             mesh = build_mesh(dp, ep)
             model, opt = _setup(mesh, ac=ac)
+            held: list = [None] * dist.get_world_size()
+            dist.all_gather_object(held, _local_bytes(model))
             t0 = time.perf_counter()
-            losses = _run(model, opt, mesh, 0, STEPS, save=out / f"dcp_{dp}x{ep}")
+            norms: list[float] = []
+            losses = _run(model, opt, mesh, 0, STEPS, save=out / f"dcp_{dp}x{ep}", norms=norms)
             clipped = sum(h["clipped_heads"] for h in opt.qk_clip.history)
             everyone: list = [None] * dist.get_world_size()
             dist.all_gather_object(everyone, _biases(model))
@@ -101,12 +122,22 @@ def main() -> None:
             step = load_dcp(out / f"dcp_{dp}x{ep}", model2, opt2, mesh)["step"]
             resumed = _run(model2, opt2, mesh, step, STEPS)
             result[f"{dp}x{ep}"] = {"losses": losses, "clipped": clipped, "s": time.perf_counter() - t0,
-                                    "gathered_bytes": opt.gathered_bytes, "biases": everyone, "resumed": resumed}
+                                    "gathered_bytes": opt.gathered_bytes, "biases": everyone, "resumed": resumed,
+                                    "held": held, "norms": norms}
+        # across layouts at the same world size: experts dp-sharded (2x1) <-> expert-parallel (1x2)
+        for (dp, ep, _), (sdp, sep, _) in zip(MESHES, MESHES[::-1]):
+            mesh = build_mesh(dp, ep)
+            model, opt = _setup(mesh, seed=123)
+            step = load_dcp(out / f"dcp_{sdp}x{sep}", model, opt, mesh)["step"]
+            result[f"{dp}x{ep}"]["cross"] = _run(model, opt, mesh, step, STEPS)
     else:  # load the 2-rank checkpoint at 4 ranks (dp=2 x ep=2) and continue
         mesh = build_mesh(2, 2)
         model, opt = _setup(mesh, seed=123)
         meta = load_dcp(out / "dcp_1x2", model, opt, mesh)
-        result["load4"] = {"step": meta["step"], "losses": _run(model, opt, mesh, meta["step"], STEPS)}
+        # ... and save at dp 2 x ep 2 (experts split over ep, each block FSDP-sharded over dp) for a load at 1
+        norms = []
+        losses = _run(model, opt, mesh, meta["step"], STEPS, save=out / "dcp_2x2", save_at=SAVE4_AT, norms=norms)
+        result["load4"] = {"step": meta["step"], "losses": losses, "held": _local_bytes(model), "norms": norms}
     if rank == 0:
         (out / f"{mode}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -141,12 +172,18 @@ def runs(tmp_path_factory):
 
     def reference():
         model, opt = _setup(None)
-        losses = _run(model, opt, None, 0, STEPS)
-        return losses, sum(h["clipped_heads"] for h in opt.qk_clip.history), _biases(model)
+        norms: list[float] = []
+        losses = _run(model, opt, None, 0, STEPS, norms=norms)
+        return losses, sum(h["clipped_heads"] for h in opt.qk_clip.history), _biases(model), norms
 
-    ref, clipped, biases = _single(reference)
+    ref, clipped, biases, norms = _single(reference)
     return {"out": out, "dist": json.loads((out / "parity.json").read_text()), "ref": ref, "clipped": clipped,
-            "biases": biases, "wall": wall}
+            "biases": biases, "wall": wall, "norms": norms}
+
+
+def _rel(a, b) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
 
 
 def _worst(a, b) -> float:
@@ -167,12 +204,39 @@ def test_fsdp_x_ep_loss_matches_one_process(runs):
               f"{r['clipped']} heads clipped; {r['s']:.1f} s; torchrun wall {runs['wall']:.1f} s")
         assert r["clipped"] == runs["clipped"]
         assert worst <= TOL, (dp, ep, r["losses"], ref)
+        # the gradient itself, experts included (a factor of 2 on them would move the norm by far more than this)
+        rel = _rel(r["norms"], runs["norms"])
+        print(f"dp={dp} x ep={ep}: max relative |dgrad_norm| = {rel:.2e}")
+        assert rel <= 1e-6, (dp, ep, r["norms"], runs["norms"])
         # router biases: identical on every rank, and equal to the single process's (sign updates of equal loads)
         assert all(b == r["biases"][0] for b in r["biases"])
         assert r["biases"][0] == runs["biases"] and any(x != 0 for layer in runs["biases"] for x in layer)
         # resuming on the same mesh from the step-5 checkpoint repeats the run bit for bit
         assert r["resumed"] == r["losses"][SAVE_AT:]
+        # and the other 2-process layout's checkpoint continues on this mesh
+        cross = _worst(r["cross"], ref[SAVE_AT:])
+        print(f"dp={dp} x ep={ep} from the other layout's step-5 checkpoint: max |dloss| {cross:.2e}")
+        assert cross <= TOL
     assert d["2x1"]["gathered_bytes"] > 0  # Muon gathered the FSDP-sharded matrices
+
+
+@pytest.mark.distributed
+def test_experts_are_sharded_over_dp_and_match_the_planner(runs):
+    """dp 2 x ep 1: each rank stores half of every expert stack; per-rank parameter bytes agree with
+    k25mini.plan's per-GPU parameter bytes (FSDP over dp x ep, experts over dp) within 5 %, at both meshes."""
+    from k25mini.plan import Mesh, param_specs, plan_memory
+
+    full_experts = 4 * sum(s.numel * s.count for s in param_specs(_cfg()) if s.expert)
+    for dp, ep, _ in MESHES:
+        held = runs["dist"][f"{dp}x{ep}"]["held"]
+        plan = plan_memory(_cfg(), Mesh(dp=dp * ep, ep=ep), precision="fp32")
+        for rank, h in enumerate(held):
+            print(f"dp={dp} x ep={ep} rank {rank}: {h['params']} parameter bytes (planner {plan.params:.0f}, "
+                  f"{h['params'] / plan.params - 1:+.2%}); experts {h['experts']} of {full_experts}")
+            assert abs(h["params"] - plan.params) <= 0.05 * plan.params, (dp, ep, rank, h, plan.params)
+            # dp 1 x ep 2: each rank its 2 of 4 experts; dp 2 x ep 1: each rank half of every stack (FSDP)
+            assert h["experts"] == full_experts // 2, (dp, ep, rank, h)
+        assert sum(h["params"] for h in held) == 4 * sum(s.numel * s.count for s in param_specs(_cfg()))
 
 
 @pytest.mark.distributed
@@ -224,6 +288,8 @@ def test_dcp_saved_at_2_continues_at_1_and_through_safetensors(runs, tmp_path):
 
 @pytest.mark.distributed
 def test_dcp_saved_at_2_continues_at_4(runs):
+    from k25mini.train.dcp import load_dcp
+
     if (os.cpu_count() or 1) < 4 and os.environ.get("K25_DIST_4") != "1":
         pytest.skip(f"4 gloo processes need 4 CPU cores (this machine has {os.cpu_count()}); "
                     "set K25_DIST_4=1 to run them anyway")
@@ -231,7 +297,29 @@ def test_dcp_saved_at_2_continues_at_4(runs):
     r = json.loads((runs["out"] / "load4.json").read_text())["load4"]
     assert r["step"] == SAVE_AT
     worst = _worst(r["losses"], runs["ref"][SAVE_AT:])
-    print(f"dcp_1x2 loaded at 4 (dp=2 x ep=2): max |dloss| vs 1-process run {worst:.2e}; torchrun {wall:.1f} s")
+    rel = _rel(r["norms"], runs["norms"][SAVE_AT:])
+    print(f"dcp_1x2 loaded at 4 (dp=2 x ep=2): max |dloss| vs 1-process run {worst:.2e}, relative |dgrad_norm| "
+          f"{rel:.2e}; torchrun {wall:.1f} s")
+    assert worst <= TOL and rel <= 1e-6
+    # dp 2 x ep 2 holds 1 of the 4 experts per rank (2 per ep block, halved over dp)
+    from k25mini.plan import Mesh, param_specs, plan_memory
+
+    plan = plan_memory(_cfg(), Mesh(dp=4, ep=2), precision="fp32")
+    experts = 4 * sum(s.numel * s.count for s in param_specs(_cfg()) if s.expert)
+    print(f"dp=2 x ep=2 rank 0: {r['held']['params']} parameter bytes (planner {plan.params:.0f}); "
+          f"experts {r['held']['experts']} of {experts}")
+    assert r["held"]["experts"] == experts // 4
+    assert abs(r["held"]["params"] - plan.params) <= 0.05 * plan.params
+
+    # the checkpoint written by dp 2 x ep 2 (at step 7) continues in one process
+    def resumed():
+        model, opt = _setup(None, seed=123)
+        meta = load_dcp(runs["out"] / "dcp_2x2", model, opt)
+        assert meta["step"] == SAVE4_AT and meta["world_size"] == 4
+        return _run(model, opt, None, SAVE4_AT, STEPS)
+
+    worst = _worst(_single(resumed), runs["ref"][SAVE4_AT:])
+    print(f"dcp_2x2 loaded at 1: max |dloss| vs 1-process run {worst:.2e}")
     assert worst <= TOL
 
 
