@@ -8,6 +8,8 @@ import pytest
 
 from k25mini.experiments.ch07_clipped_rl.toggle import (
     eval_set,
+    pool_items,
+    pool_set,
     run_toggle,
     sft_rows,
     summarise_toggle,
@@ -21,7 +23,9 @@ from k25mini.sft.worked import final_answer
                                      ({"lam": 1.5}, "lam"), ({"modes": ("toggle",)}, "modes"),
                                      ({"modes": ("off", "sometimes")}, "modes"), ({"seeds": ()}, "seeds"),
                                      ({"style_mix": (("verbose", 1.0), ("long", 1.0))}, "style_mix"),
-                                     ({"style_mix": (("verbose", 0.0),)}, "style_mix"), ({"lr": 0}, "lr")])
+                                     ({"style_mix": (("verbose", 0.0),)}, "style_mix"), ({"lr": 0}, "lr"),
+                                     ({"scopes": ("task", "batch")}, "scopes"), ({"scopes": ()}, "scopes"),
+                                     ({"pool_size": 0}, "pool_size")])
 def test_config_rejects_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
         toggle_config("smoke", **kw)
@@ -68,7 +72,12 @@ def test_smoke_run_writes_and_then_reuses_results(tmp_path):
     res = run_toggle(cfg, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res", log=lambda *_: None)
     assert set(res["table"]) == {"toggle", "always", "off"}
     files = sorted(p.name for p in (tmp_path / "res" / "rl_toggle" / "smoke").glob("*.json"))
-    assert files == ["always-s0.json", "before.json", "off-s0.json", "toggle-s0.json"]
+    assert files == ["always-prompt-s0.json", "always-s0.json", "before.json", "off-prompt-s0.json", "off-s0.json",
+                     "toggle-prompt-s0.json", "toggle-s0.json"]
+    assert set(res["prompt"]["table"]) == {"toggle", "always", "off"}
+    assert res["prompt"]["pool_budget"]["n_prompts"] == cfg.pool_size
+    pr = json.loads((tmp_path / "res" / "rl_toggle" / "smoke" / "toggle-prompt-s0.json").read_text())
+    assert pr["scope"] == "prompt" and "budgets" not in pr["budget"]  # per-prompt values live in the summary once
     run = json.loads((tmp_path / "res" / "rl_toggle" / "smoke" / "toggle-s0.json").read_text())
     assert [c["phase"] for c in run["curve"]] == [0, 0] and len(run["evals"]) == cfg.iterations
     assert run["provenance"]["source_hash"]
@@ -76,3 +85,14 @@ def test_smoke_run_writes_and_then_reuses_results(tmp_path):
     again = run_toggle(cfg, runs_dir=tmp_path / "runs", results_dir=tmp_path / "res", log=lambda *_: None)
     assert (tmp_path / "res" / "rl_toggle" / "smoke" / "off-s0.json").stat().st_mtime_ns == before
     assert again["table"]["off"]["tokens"] == res["table"]["off"]["tokens"]
+
+
+def test_prompt_scope_draws_distinct_questions_from_one_fixed_pool():
+    cfg = toggle_config("smoke", pool_size=10, items_per_iter=4)
+    pool = pool_set(cfg)
+    assert [it.prompt for it in pool] == [it.prompt for it in pool_set(cfg)]  # the same pool for every run
+    keys = {it.prompt for it in pool}
+    for t in range(5):
+        batch = pool_items(cfg, pool, seed=1, iteration=t)
+        assert len(batch) == 4 and len({it.prompt for it in batch}) == 4 and {it.prompt for it in batch} <= keys
+    assert [it.prompt for it in pool_items(cfg, pool, 1, 0)] != [it.prompt for it in pool_items(cfg, pool, 2, 0)]

@@ -7,9 +7,15 @@ accuracy. Here, on the world's arithmetic questions:
    (:mod:`k25mini.sft.worked`) in three styles - ``verbose`` (restates the question), ``concise`` (the same two
    steps) and ``terse`` (the answer only) - mixed ``cfg.style_mix``. One SFT run (seed ``cfg.sft_seed``) is the
    start of every RL run; it is checkpointed and resumed like every training run.
-2. **Budget.** Once per RL seed, before training: ``cfg.budget_k`` samples of ``cfg.budget_items`` train
-   questions; ``budget = `` the ``cfg.rho``-th percentile of the lengths of the correct ones
-   (:func:`k25mini.rl.toggle.budgets_from_lengths`, one budget for the task type ``arith``).
+2. **Budget**, in two scopes (``cfg.scopes``), measured once before training:
+
+   * ``task``: per RL seed, ``cfg.budget_k`` samples of ``cfg.budget_items`` fresh train questions; one budget for
+     the task type ``arith`` (the ``cfg.rho``-th percentile of the correct responses' lengths); every iteration
+     draws fresh train questions;
+   * ``prompt``: the paper's budget(x), per prompt. RL draws its questions from a fixed pool of ``cfg.pool_size``
+     train questions (as a dataset revisited over epochs); each pool question gets ``cfg.budget_k`` samples from
+     the SFT model once, and its own budget from its correct ones (a question never answered correctly gets no
+     budget and is never shaped).
 3. **RL**, three modes on matched budgets (the same iterations, prompts and sampler seeds): ``off`` (no length
    control), ``always`` (phase 0 forever: a rigid budget) and ``toggle`` (phase 0 / phase 1 alternating every
    ``cfg.m`` iterations, the group-mean-reward floor ``cfg.lam``). Outcome reward
@@ -57,15 +63,17 @@ from k25mini.train.checkpoint import resolve_checkpoint
 from k25mini.world import Item, World
 from k25mini.world.rng import rng_for
 
-__all__ = ["ToggleConfig", "toggle_config", "TOGGLE_PACKAGE", "TOGGLE_EXPERIMENT", "TOGGLE_PAPER", "sft_rows",
-           "toggle_base", "eval_set", "train_set", "measure", "budget_for", "run_before", "run_mode",
-           "run_toggle", "summarise_toggle", "run_file", "summary_file"]
+__all__ = ["SCOPES", "pool_set", "pool_items", "prompt_budgets", "ToggleConfig", "toggle_config", "TOGGLE_PACKAGE",
+           "TOGGLE_EXPERIMENT", "TOGGLE_PAPER", "sft_rows", "toggle_base", "eval_set", "train_set", "measure",
+           "budget_for", "run_before", "run_mode", "run_toggle", "summarise_toggle", "run_file", "summary_file"]
 
 TOGGLE_PACKAGE = "k25mini.experiments.ch07_clipped_rl.toggle"
 TOGGLE_EXPERIMENT = "rl_toggle"
 TOGGLE_PAPER = {"section": "arXiv 2602.02276 §4.4",
                 "claim": "Toggle cuts output tokens by 25-30 % with a negligible effect on performance"}
 SKILL = "arith"
+#: where a budget applies: one per task type (fresh questions every iteration) or one per prompt (a fixed pool)
+SCOPES: tuple[str, ...] = ("task", "prompt")
 
 
 @dataclass(frozen=True)
@@ -88,13 +96,15 @@ class ToggleConfig:
     budget_k: int = 8
     eval_items: int = 256
     eval_every: int = 20
+    pool_size: int = 128
     modes: tuple[str, ...] = TOGGLE_MODES
+    scopes: tuple[str, ...] = ("task", "prompt")
     seeds: tuple[int, ...] = (0, 1, 2)
     sft_seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("sft_rows", "sft_steps", "sft_batch", "iterations", "items_per_iter", "k", "max_new_tokens",
-                     "m", "budget_items", "budget_k", "eval_items", "eval_every"):
+                     "m", "budget_items", "budget_k", "eval_items", "eval_every", "pool_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -118,6 +128,8 @@ class ToggleConfig:
                              f"got {list(self.modes)}")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty tuple of ints >= 0, got {self.seeds!r}")
+        if not self.scopes or any(sc not in SCOPES for sc in self.scopes) or len(set(self.scopes)) != len(self.scopes):
+            raise ValueError(f"scopes must be distinct values from {SCOPES}, got {list(self.scopes)}")
         if isinstance(self.sft_seed, bool) or not isinstance(self.sft_seed, int) or self.sft_seed < 0:
             raise ValueError(f"sft_seed must be an int >= 0, got {self.sft_seed!r}")
 
@@ -128,13 +140,13 @@ class ToggleConfig:
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
-        d.pop("seeds"), d.pop("modes")
+        d.pop("seeds"), d.pop("modes"), d.pop("scopes")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["style_mix"] = [list(p) for p in self.style_mix]
-        d["modes"], d["seeds"] = list(self.modes), list(self.seeds)
+        d["modes"], d["seeds"], d["scopes"] = list(self.modes), list(self.seeds), list(self.scopes)
         return d
 
 
@@ -150,7 +162,8 @@ def toggle_config(scale: str | None = None, **overrides: Any) -> ToggleConfig:
                 budget_items=pick(smoke=2, cpu=32, gpu=64, scale=sc),
                 budget_k=pick(smoke=2, cpu=8, gpu=8, scale=sc),
                 eval_items=pick(smoke=4, cpu=512, gpu=1024, scale=sc),
-                eval_every=pick(smoke=1, cpu=20, gpu=25, scale=sc))
+                eval_every=pick(smoke=1, cpu=20, gpu=25, scale=sc),
+                pool_size=pick(smoke=3, cpu=128, gpu=512, scale=sc))
     base.update(overrides)
     return ToggleConfig(scale=sc, **base)
 
@@ -182,6 +195,17 @@ def sft_rows(cfg: ToggleConfig) -> list:
 def train_set(cfg: ToggleConfig, tag: str, seed: int, iteration: int, n: int) -> list[Item]:
     world = World(0, scale=cfg.scale)
     return [world.sample(SKILL, "train", rng_for(world.seed, tag, seed, iteration, j)) for j in range(n)]
+
+
+def pool_set(cfg: ToggleConfig) -> list[Item]:
+    """The ``prompt`` scope's fixed pool of train questions (shared by every seed and mode)."""
+    return train_set(cfg, "ch07-toggle-pool", 0, 0, cfg.pool_size)
+
+
+def pool_items(cfg: ToggleConfig, pool: list[Item], seed: int, iteration: int) -> list[Item]:
+    """The iteration's questions in the ``prompt`` scope: ``cfg.items_per_iter`` distinct pool questions."""
+    rng = rng_for(0, "ch07-toggle-pool-draw", seed, iteration)
+    return [pool[int(i)] for i in rng.choice(len(pool), size=min(cfg.items_per_iter, len(pool)), replace=False)]
 
 
 def eval_set(cfg: ToggleConfig) -> list[Item]:
@@ -273,6 +297,26 @@ def budget_for(cfg: ToggleConfig, model, seed: int) -> dict[str, Any]:
             "correct_mean_tokens": float(np.mean(correct)) if correct else None}
 
 
+def prompt_budgets(cfg: ToggleConfig, model) -> dict[str, Any]:
+    """Per-prompt budgets for the pool: ``cfg.budget_k`` samples of each pool question from ``model`` (fixed
+    generator), the ``cfg.rho``-th percentile of its correct responses' lengths; keyed by the prompt text."""
+    tok = Tokenizer()
+    pool = pool_set(cfg)
+    model.eval()
+    with torch.no_grad():
+        groups = sample(model, [prompt_ids(it, tok, model.media_token_counts) for it in pool], [[] for _ in pool],
+                        k=cfg.budget_k, max_new_tokens=cfg.max_new_tokens,
+                        generator=torch.Generator().manual_seed(60_000))
+    model.train()
+    correct = {it.prompt: [len(s.tokens) for s in g if worked_reward(it, answer_text(tok, s.tokens))]
+               for it, g in zip(pool, groups)}
+    budgets = budgets_from_lengths(correct, cfg.rho)
+    vals = sorted(budgets.values())
+    return {"budgets": budgets, "n_prompts": len(pool), "n_with_budget": len(budgets),
+            "budget_min": vals[0] if vals else None, "budget_median": vals[len(vals) // 2] if vals else None,
+            "budget_max": vals[-1] if vals else None}
+
+
 # ------------------------------------------------------------------------------------------------ runs
 def run_before(cfg: ToggleConfig, base: Path, results_dir: Path | None = None, force: bool = False,
                log=print) -> dict[str, Any]:
@@ -293,12 +337,22 @@ def run_before(cfg: ToggleConfig, base: Path, results_dir: Path | None = None, f
                         wall_s=time.perf_counter() - t0)
 
 
+def _run_name(mode: str, seed: int, scope: str) -> str:
+    return f"{mode}-s{seed}" if scope == "task" else f"{mode}-{scope}-s{seed}"
+
+
 def run_mode(cfg: ToggleConfig, mode: str, seed: int, base: Path, results_dir: Path | None = None,
-             force: bool = False, log=print) -> dict[str, Any]:
-    """RL in ``mode`` from ``base`` with ``seed``; reuses a saved result of the same config and base."""
+             force: bool = False, log=print, scope: str = "task",
+             budgets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """RL in ``mode`` from ``base`` with ``seed`` and budgets of ``scope`` (``prompt``: pass the pool's
+    :func:`prompt_budgets`); reuses a saved result of the same config and base."""
     if mode not in TOGGLE_MODES:
         raise ValueError(f"mode must be one of {TOGGLE_MODES}, got {mode!r}")
-    path = run_file(cfg, f"{mode}-s{seed}", results_dir)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "prompt" and budgets is None:
+        raise ValueError("scope='prompt' needs budgets=prompt_budgets(cfg, model) of the SFT base")
+    path = run_file(cfg, _run_name(mode, seed, scope), results_dir)
     old = None if force else read_json(path)
     if old is not None and old.get("config_key") == cfg.key() and old.get("base_checkpoint") == str(base):
         flag = staleness(old, TOGGLE_PACKAGE)
@@ -311,8 +365,10 @@ def run_mode(cfg: ToggleConfig, mode: str, seed: int, base: Path, results_dir: P
     model = _load(base)
     for p in model.vision_tower.parameters():
         p.requires_grad_(False)
-    budget = budget_for(cfg, model, seed)
+    budget = budget_for(cfg, model, seed) if scope == "task" else budgets
     tg = Toggle(budget["budgets"], lam=cfg.lam, m=cfg.m, mode=mode)
+    pool = pool_set(cfg) if scope == "prompt" else None
+    key_fn = (lambda it: it.meta.get("skill")) if scope == "task" else (lambda it: it.prompt)
     rl = rl_config(cfg.scale)
     opt = build_optimizer(model, rl.optimizer, lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -320,7 +376,9 @@ def run_mode(cfg: ToggleConfig, mode: str, seed: int, base: Path, results_dir: P
     curve: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     for t in range(cfg.iterations):
-        st = rl_iteration(model, opt, train_set(cfg, "ch07-toggle-rl", seed, t, cfg.items_per_iter), k=cfg.k,
+        batch = (train_set(cfg, "ch07-toggle-rl", seed, t, cfg.items_per_iter) if pool is None
+                 else pool_items(cfg, pool, seed, t))
+        st = rl_iteration(model, opt, batch, k=cfg.k, key_fn=key_fn,
                           reward_fn=worked_reward, shape=lambda key, r, n, t=t: tg.shape(t, key, r, n),
                           loss=rl.loss, loss_kwargs=rl.loss_kwargs(), max_new_tokens=cfg.max_new_tokens,
                           generator=gen)
@@ -333,18 +391,27 @@ def run_mode(cfg: ToggleConfig, mode: str, seed: int, base: Path, results_dir: P
                       generator=torch.Generator().manual_seed(90_000))
     t2 = time.perf_counter()
     last = evals[-1]
-    log(f"toggle {mode} seed {seed}: acc {100 * last['acc']:.1f} tokens {last['tokens']:.1f} ({t2 - t0:.0f} s)")
-    res = {"mode": mode, "seed": seed, "scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(),
-           "base_checkpoint": str(base), "budget": budget, "curve": curve, "evals": evals, "sampled": sampled,
-           "timing_s": {"total": t2 - t0, "rl_and_evals": t1 - t0}}
+    log(f"toggle {mode} ({scope}) seed {seed}: acc {100 * last['acc']:.1f} tokens {last['tokens']:.1f} "
+        f"({t2 - t0:.0f} s)")
+    res = {"mode": mode, "seed": seed, "scope": scope, "scale": cfg.scale, "config_key": cfg.key(),
+           "config": cfg.to_dict(), "base_checkpoint": str(base), "budget": _budget_record(budget), "curve": curve,
+           "evals": evals, "sampled": sampled, "timing_s": {"total": t2 - t0, "rl_and_evals": t1 - t0}}
     return write_result(path, res, experiment=f"{TOGGLE_EXPERIMENT}/run", package=TOGGLE_PACKAGE, wall_s=t2 - t0)
 
 
-def _job(cfg, mode, seed, base, results_dir, force, threads):
+def _budget_record(budget: dict[str, Any]) -> dict[str, Any]:
+    """What a run file keeps of its budgets: all of a task budget; a prompt budget's summary (the pool's
+    per-prompt values are in the experiment's summary once)."""
+    if "n_prompts" not in budget:
+        return budget
+    return {k: v for k, v in budget.items() if k != "budgets"}
+
+
+def _job(cfg, mode, seed, base, results_dir, force, threads, scope="task", budgets=None):
     torch.set_num_threads(threads)
     if mode is None:
         return run_before(cfg, base, results_dir, force)
-    return run_mode(cfg, mode, seed, base, results_dir, force)
+    return run_mode(cfg, mode, seed, base, results_dir, force, scope=scope, budgets=budgets)
 
 
 def run_toggle(cfg: ToggleConfig, runs_dir: Path | None = None, results_dir: Path | None = None, workers: int = 1,
@@ -355,15 +422,17 @@ def run_toggle(cfg: ToggleConfig, runs_dir: Path | None = None, results_dir: Pat
     t0 = time.perf_counter()
     torch.set_num_threads(1)  # one thread, as every worker: two threads on a busy machine are slower than one
     base = toggle_base(cfg, runs_dir, log)
-    jobs: list[tuple[str | None, int | None]] = [(None, None)] + [(m, s) for s in cfg.seeds for m in cfg.modes]
+    pb = prompt_budgets(cfg, _load(base)) if "prompt" in cfg.scopes else None
+    jobs: list[tuple[str | None, int | None, str]] = [(None, None, "task")] + [
+        (m, s, sc) for sc in cfg.scopes for s in cfg.seeds for m in cfg.modes]
     if workers == 1:
         got = [run_before(cfg, base, results_dir, force, log) if m is None
-               else run_mode(cfg, m, s, base, results_dir, force, log) for m, s in jobs]
+               else run_mode(cfg, m, s, base, results_dir, force, log, scope=sc, budgets=pb) for m, s, sc in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            futs = [ex.submit(_job, cfg, m, s, base, results_dir, force, 1) for m, s in jobs]
+            futs = [ex.submit(_job, cfg, m, s, base, results_dir, force, 1, sc, pb) for m, s, sc in jobs]
             got = [f.result() for f in futs]
-    summary = summarise_toggle(cfg, got[0], got[1:])
+    summary = summarise_toggle(cfg, got[0], got[1:], pb)
     summary["wall_s"] = time.perf_counter() - t0
     return write_result(summary_file(cfg, results_dir), summary, experiment=TOGGLE_EXPERIMENT,
                         package=TOGGLE_PACKAGE, wall_s=summary["wall_s"])
@@ -375,7 +444,24 @@ def _ms(vals: list[float]) -> dict[str, Any]:
             "values": [float(v) for v in a]}
 
 
-def summarise_toggle(cfg: ToggleConfig, before: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_toggle(cfg: ToggleConfig, before: dict[str, Any], runs: list[dict[str, Any]],
+                     prompt_budget: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``task`` scope's table at the top level (see :func:`_scope_table`), each other scope's under its name
+    (``"prompt"``: also the pool's budget summary)."""
+    task = [r for r in runs if r.get("scope", "task") == "task"]
+    out = _scope_table(cfg, before, task)
+    for sc in SCOPES[1:]:
+        rs = [r for r in runs if r.get("scope") == sc]
+        if rs:
+            out[sc] = _scope_table(cfg, before, rs)
+            if sc == "prompt" and prompt_budget is not None:
+                out[sc]["pool_budget"] = {k: v for k, v in prompt_budget.items() if k != "budgets"}
+    out["runs"] = [{"mode": r["mode"], "seed": r["seed"], "scope": r.get("scope", "task"), "stale": r.get("stale"),
+                    "timing_s": r.get("timing_s")} for r in runs]
+    return out
+
+
+def _scope_table(cfg: ToggleConfig, before: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per mode: final greedy accuracy and tokens (mean ± std over seeds, per-seed values); for ``always`` and
     ``toggle`` the per-seed change against ``off`` of the same seed (tokens in %, accuracy in points)."""
     by = {(r["mode"], r["seed"]): r for r in runs}
@@ -405,6 +491,4 @@ def summarise_toggle(cfg: ToggleConfig, before: dict[str, Any], runs: list[dict[
                   for s in seeds} for m in modes}
     return {"scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "before": before,
             "table": table, "curves": curves, "budgets": {str(s): by[("off", s)]["budget"] for s in seeds},
-            "runs": [{"mode": r["mode"], "seed": r["seed"], "stale": r.get("stale"), "timing_s": r.get("timing_s")}
-                     for r in runs],
             "paper": TOGGLE_PAPER, "base_checkpoint": before["base_checkpoint"]}
