@@ -105,35 +105,11 @@ def toggle_figure(res: dict[str, Any], path: Path | None = None):
     return fig
 
 
-def toggle_section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None,
-                   scale: str = "cpu") -> list[str]:
-    """The Toggle experiment's table and figure (empty when it has not been run)."""
-    res = read_json(resolve_results_dir(results_dir) / f"rl_toggle_{scale}.json")
-    if res is None:
-        return []
-    lines = ["### Toggle: fewer response tokens at the same accuracy? (arXiv 2602.02276 §4.4)", ""]
-    flag = staleness(res, "k25mini.experiments.ch07_clipped_rl.toggle")
-    if flag:
-        lines += [f"> **{flag}**", ""]
-    if docs_dir is not None:
-        rel = f"figures/ch07_toggle_{scale}.png"
-        toggle_figure(res, Path(docs_dir) / rel)
-        lines += [f"![Toggle: response tokens and accuracy against RL iterations]({rel})", ""]
-    cfg, b = res["config"], res["before"]["greedy"]
-    mix = ", ".join(f"{s} {w:g}" for s, w in cfg["style_mix"])
-    lines += [f"Paper: {res['paper']['claim']}.", "",
-              f"Ours: chapter 06's zero-vision checkpoint, then {cfg['sft_steps']} SFT steps on worked solutions "
-              f"of the "
-              f"world's arithmetic questions in three styles ({mix}); then {cfg['iterations']} RL iterations × "
-              f"{cfg['items_per_iter']} questions × {cfg['k']} samples in each mode, the same prompts and seeds "
-              f"(matched budgets). Budget: the {cfg['rho']:g}th percentile of correct response lengths, measured once "
-              f"per seed; λ {cfg['lam']}, m {cfg['m']}. {cfg['eval_items']} held-out questions, frozen before any run; "
-              f"greedy unless noted. Before RL: accuracy {100 * b['acc']:.1f} %, {b['tokens']:.1f} tokens. "
-              f"Seeds {cfg['seeds']}; mean ± std; changes are against `off` of the same seed.", "",
-              "| mode | accuracy | tokens | token change | accuracy change (pts) | per seed (tokens %, acc pts) "
-              "| sampled T=1: token change, acc change |",
-              "|---|---|---|---|---|---|---|"]
-    for mode, t in res["table"].items():
+def _toggle_table(table: dict[str, Any]) -> list[str]:
+    lines = ["| mode | accuracy | tokens | token change | accuracy change (pts) | per seed (tokens %, acc pts) "
+             "| sampled T=1: token change, acc change |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, t in table.items():
         if "token_change_pct" in t:
             per = "; ".join(f"{tc:+.1f} %, {ac:+.1f}" for tc, ac in
                             zip(t["token_change_pct"]["values"], t["acc_change_pts"]["values"]))
@@ -143,10 +119,47 @@ def toggle_section(results_dir: str | Path | None = None, docs_dir: str | Path |
         else:
             ch = "– | – | – | – |"
         lines.append(f"| {TOGGLE_TITLES.get(mode, mode)} | {_pm(t['acc'])} | {_pm(t['tokens'], 1.0)} | {ch}")
-    st = {m: t["styles"] for m, t in res["table"].items()}
     lines += ["", "Response styles at the end (greedy, seed mean): " + "; ".join(
-        f"{TOGGLE_TITLES.get(m, m)}: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in s.items() if v > 0)
-        for m, s in st.items()) + ".", ""]
+        f"{TOGGLE_TITLES.get(m, m)}: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in t["styles"].items() if v > 0)
+        for m, t in table.items()) + ".", ""]
+    return lines
+
+
+def toggle_section(results_dir: str | Path | None = None, docs_dir: str | Path | None = None,
+                   scale: str = "cpu") -> list[str]:
+    """The Toggle experiment's tables (one per budget scope) and figures (empty when it has not been run)."""
+    res = read_json(resolve_results_dir(results_dir) / f"rl_toggle_{scale}.json")
+    if res is None:
+        return []
+    lines = ["### Toggle: fewer response tokens at the same accuracy? (arXiv 2602.02276 §4.4)", ""]
+    flag = staleness(res, "k25mini.experiments.ch07_clipped_rl.toggle")
+    if flag:
+        lines += [f"> **{flag}**", ""]
+    cfg, b = res["config"], res["before"]["greedy"]
+    mix = ", ".join(f"{s} {w:g}" for s, w in cfg["style_mix"])
+    lines += [f"Paper: {res['paper']['claim']}.", "",
+              f"Ours: chapter 06's zero-vision checkpoint, then {cfg['sft_steps']} SFT steps on worked solutions "
+              f"of the world's arithmetic questions in three styles ({mix}); then {cfg['iterations']} RL iterations × "
+              f"{cfg['items_per_iter']} questions × {cfg['k']} samples in each mode, the same prompts and seeds "
+              f"(matched budgets). Budget: the {cfg['rho']:g}th percentile of correct response lengths, measured once "
+              f"before RL; λ {cfg['lam']}, m {cfg['m']}. {cfg['eval_items']} held-out questions, frozen before any "
+              f"run; greedy unless noted. Before RL: accuracy {100 * b['acc']:.1f} %, {b['tokens']:.1f} tokens. "
+              f"Seeds {cfg['seeds']}; mean ± std; changes are against `off` of the same seed and scope.", ""]
+    scopes = [("task", res, "**One budget per task type**, fresh train questions every iteration.")]
+    if "prompt" in res:
+        pb = res["prompt"].get("pool_budget", {})
+        scopes.append(("prompt", res["prompt"],
+                       f"**One budget per prompt** (the paper's budget(x)): RL draws from a fixed pool of "
+                       f"{cfg.get('pool_size')} train questions; {pb.get('n_with_budget')} of {pb.get('n_prompts')} "
+                       f"have a correct sample and so a budget (min {pb.get('budget_min')}, median "
+                       f"{pb.get('budget_median')}, max {pb.get('budget_max')} tokens)."))
+    for scope, part, text in scopes:
+        lines += [text, ""]
+        if docs_dir is not None:
+            rel = f"figures/ch07_toggle_{scope}_{scale}.png"
+            toggle_figure(part, Path(docs_dir) / rel)
+            lines += [f"![Toggle ({scope} budgets): response tokens and accuracy against RL iterations]({rel})", ""]
+        lines += _toggle_table(part["table"])
     return lines
 
 
