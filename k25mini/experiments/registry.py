@@ -84,6 +84,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         section="k25mini.experiments.ch08_swarm.report:section",
         speedrun="k25mini.experiments.ch08_swarm.speedrun:speedrun_stages",
         reproduce=("--recompute", "--workers", "{workers}")),
+    Experiment(
+        name="scaling", chapter="09", title="scaling out: memory plan and FSDP2 × expert parallel",
+        package="k25mini.experiments.ch09_scaling", results=(), section=None,
+        speedrun="k25mini.experiments.ch09_scaling:speedrun_stages", reproduce=None),
 )
 
 
