@@ -1,0 +1,119 @@
+"""Development probe for the model-written swarm (issue #18; docs/swarm_learned.md).
+
+Warm-starts a text-only nano K2 in up to two stages and then runs it greedily, as the orchestrator and as the
+subagents, on a development world. The stages are: (1) a copy warm-up on synthetic name lists
+(``copy_warmup``), which can be skipped or loaded from ``--init``; (2) SFT on ``WrittenTeacher`` traces from
+training worlds 100.. (``sft_written``). The development world (seed 7 by default) is never a final
+evaluation seed.
+
+    python tools/ch08_written_probe.py --layers 3 --copy-steps 3000 --sft-steps 700 --worlds 480 --out /tmp/p
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from k25mini.model import K2ForCausalLM
+from k25mini.swarm import make_swarm_tasks, score_answer
+from k25mini.swarm.train import lm_config
+from k25mini.swarm.written import (
+    TextOnlyVLM,
+    WrittenEnv,
+    WrittenPolicy,
+    WrittenTeacher,
+    copy_accuracy,
+    copy_example,
+    copy_warmup,
+    run_written,
+    sft_sequences,
+    sft_written,
+)
+from k25mini.world import World
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--init", default=None, help="a state dict to start from (e.g. a copy warm-up)")
+    ap.add_argument("--copy-steps", type=int, default=0)
+    ap.add_argument("--sft-steps", type=int, default=700)
+    ap.add_argument("--sft-lr", type=float, default=3e-3)
+    ap.add_argument("--copy-mix", type=int, default=0, help="copy examples added to the SFT pool (keeps the skill)")
+    ap.add_argument("--worlds", type=int, default=480, help="training worlds 100, 101, ...")
+    ap.add_argument("--tasks-per-world", type=int, default=1)
+    ap.add_argument("--deep-per-world", type=int, default=0)
+    ap.add_argument("--eval-world", type=int, default=7)
+    ap.add_argument("--eval-tasks", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="folder for model.pt and probe.json")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = WrittenEnv()
+    torch.manual_seed(a.seed)
+    lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), max_position_embeddings=env.max_positions))
+    if a.init:
+        lm.load_state_dict(torch.load(a.init))
+    rec: dict = {"args": vars(a), "env": env.__dict__}
+    t0 = time.time()
+    if a.copy_steps:
+        losses = copy_warmup(lm, a.copy_steps, seed=a.seed,
+                             log=lambda s, v: print("copy", s, round(v, 4), flush=True) if s % 100 == 0 else None)
+        rec["copy_loss_last"] = losses[-1]
+    rec["copy_accuracy"] = copy_accuracy(TextOnlyVLM(lm))
+    rec["copy_s"] = round(time.time() - t0, 1)
+    print("copy accuracy", rec["copy_accuracy"], flush=True)
+    seqs = []
+    for ws in range(100, 100 + a.worlds):
+        w = World(seed=ws, n_entities=env.n_entities)
+        tasks = make_swarm_tasks(w, a.tasks_per_world, a.deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
+        teacher = WrittenTeacher(seed=ws)
+        for swarm in (True, False):
+            eps, _ = run_written(w, tasks, teacher, teacher, env, swarm=swarm)
+            seqs += sft_sequences(eps, max_len=env.max_positions)
+    rng = random.Random(a.seed + 1)
+    for _ in range(a.copy_mix):
+        p, t, _ = copy_example(rng)
+        seqs.append((p + t, [False] * len(p) + [True] * len(t)))
+    rec["sft_sequences"], rec["sft_tokens"] = len(seqs), sum(len(i) for i, _ in seqs)
+    t0 = time.time()
+    if a.sft_steps:
+        losses = sft_written(lm, seqs, a.sft_steps, seed=a.seed, lr=a.sft_lr,
+                             log=lambda s, v: print("sft", s, round(v, 4), flush=True) if s % 25 == 0 else None)
+        rec["sft_loss_last50"] = sum(losses[-50:]) / len(losses[-50:])
+    rec["sft_s"] = round(time.time() - t0, 1)
+    rec["copy_accuracy_after_sft"] = copy_accuracy(TextOnlyVLM(lm))
+    torch.save(lm.state_dict(), out / "model.pt")
+    lm.eval()
+    w = World(seed=a.eval_world, n_entities=env.n_entities)
+    tasks = make_swarm_tasks(w, a.eval_tasks, 0, min_rows=env.min_rows, max_rows=env.max_rows)
+    for swarm in (True, False):
+        pol = WrittenPolicy(TextOnlyVLM(lm), max_new_tokens=env.max_new_tokens)
+        eps, _ = run_written(w, tasks, pol, pol, env, swarm=swarm)
+        f1 = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, eps)]
+        errs: dict[str, int] = {}
+        for e in eps:
+            for k, v in e.errors.items():
+                errs[k] = errs.get(k, 0) + v
+        key = "swarm" if swarm else "single"
+        rec[key] = {"item_f1": f1, "mean_f1": sum(f1) / len(f1), "critical_steps": [e.critical_steps for e in eps],
+                    "assigned": [e.n_assigned for e in eps], "errors": errs,
+                    "steps": sum(len(e.steps) for e in eps),
+                    "example": [(s.role, s.text[:200], (s.observations or [""])[0][:100]) for s in eps[0].steps[:14]],
+                    "answer": eps[0].answer}
+        print(key, "F1", round(rec[key]["mean_f1"], 3), "crit", rec[key]["critical_steps"], "assigned",
+              rec[key]["assigned"], "errors", errs, flush=True)
+    (out / "probe.json").write_text(json.dumps(rec, indent=1))
+
+
+if __name__ == "__main__":
+    main()
