@@ -51,6 +51,7 @@ from k25mini.rl import PARLConfig, PARLReward, group_advantages
 from k25mini.rl.rollout import sample
 from k25mini.rl.step import CompletionBatch, policy_update
 from k25mini.swarm.env import aggregate, episode_metrics
+from k25mini.swarm.policy import LMPolicy
 from k25mini.train import Callback, TrainConfig, Trainer
 from k25mini.train.rng import capture_rng_state, restore_rng_state
 from k25mini.world import Web, World, parse_markdown_table, table_to_markdown
@@ -108,26 +109,22 @@ class TextOnlyVLM(torch.nn.Module):
         return self.language_model.model.embed_tokens(ids)
 
 
-class WrittenPolicy:
+class WrittenPolicy(LMPolicy):
     """A VLM (or :class:`TextOnlyVLM`) as an agent that writes its tool calls as text.
 
     ``act`` queues the agent's prompt; once every runnable agent is waiting, one batched :func:`sample` call
-    answers them all (``temperature=0``: greedy). A prompt that leaves fewer than ``max_new_tokens``
-    positions raises ``ValueError`` in that agent only (the runtime counts it as a policy error)."""
+    answers them all (``temperature=0``: greedy), through :class:`~k25mini.swarm.policy.LMPolicy`'s queue. A
+    prompt that leaves fewer than ``max_new_tokens`` positions raises ``ValueError`` in that agent only (the
+    runtime counts it as a policy error). Nothing is memoised."""
 
     def __init__(self, model: torch.nn.Module, *, temperature: float = 0.0, max_new_tokens: int = 256,
                  seed: int = 0, idle_ticks: int = 8, batch_size: int = 64) -> None:
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0; got {temperature}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
-        self.model, self.temperature, self.max_new_tokens = model, float(temperature), max_new_tokens
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.idle_ticks, self.batch_size = idle_ticks, batch_size
+        super().__init__(model, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                         idle_ticks=idle_ticks)
+        self.batch_size = batch_size
         self.max_pos = model.language_model.config.max_position_embeddings
-        self._pending: list[tuple[list[int], asyncio.Future]] = []
-        self._flushing = False
-        self.n_generated = 0
         self.n_batches = 0
 
     def generate(self, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
@@ -137,24 +134,6 @@ class WrittenPolicy:
         self.n_generated += len(prompts)
         self.n_batches += 1
         return [(g[0].tokens, g[0].logprobs) for g in groups]
-
-    async def _flush_when_idle(self) -> None:
-        seen, idle = -1, 0
-        while idle < self.idle_ticks:
-            await asyncio.sleep(0)
-            idle = idle + 1 if len(self._pending) == seen else 0
-            seen = len(self._pending)
-        batch, self._pending, self._flushing = self._pending, [], False
-        try:
-            results = self.generate([p for p, _ in batch])
-        except Exception as e:  # surfaces in every waiting agent as a policy error
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for (_, fut), r in zip(batch, results):
-            if not fut.done():
-                fut.set_result(r)
 
     async def act(self, view: AgentView) -> Action:
         ids = prompt_ids(view)
