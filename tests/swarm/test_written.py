@@ -368,3 +368,11 @@ def test_copy_warmup_and_accuracy_run():
     assert len(losses) == 6 and losses[-1] < losses[0]
     acc = copy_accuracy(TextOnlyVLM(lm), n=9)
     assert set(acc) == {"all", "list", "next", "page_id"} and 0.0 <= acc["all"] <= 1.0
+
+
+def test_learned_swarm_world_seeds_are_disjoint():
+    from k25mini.experiments.ch08_swarm.learned_seeds import DEV_WORLD_SEEDS, EVAL_WORLD_SEEDS, TRAIN_WORLD_SEEDS
+
+    train, dev, ev = set(TRAIN_WORLD_SEEDS), set(DEV_WORLD_SEEDS), set(EVAL_WORLD_SEEDS)
+    assert not (train & dev) and not (train & ev) and not (dev & ev)
+    assert len(ev) >= 3
