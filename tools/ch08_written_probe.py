@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=700)
     ap.add_argument("--sft-lr", type=float, default=3e-3)
     ap.add_argument("--copy-mix", type=int, default=0, help="copy examples added to the SFT pool (keeps the skill)")
+    ap.add_argument("--scratchpad", action="store_true", help="teacher notes what is left before each browse")
     ap.add_argument("--worlds", type=int, default=480, help="training worlds 100, 101, ...")
     ap.add_argument("--tasks-per-world", type=int, default=1)
     ap.add_argument("--deep-per-world", type=int, default=0)
@@ -76,7 +77,7 @@ def main() -> None:
     for ws in range(100, 100 + a.worlds):
         w = World(seed=ws, n_entities=env.n_entities)
         tasks = make_swarm_tasks(w, a.tasks_per_world, a.deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
-        teacher = WrittenTeacher(seed=ws)
+        teacher = WrittenTeacher(seed=ws, scratchpad=a.scratchpad)
         for swarm in (True, False):
             eps, _ = run_written(w, tasks, teacher, teacher, env, swarm=swarm)
             seqs += sft_sequences(eps, max_len=env.max_positions)

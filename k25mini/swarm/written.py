@@ -69,6 +69,7 @@ MAIN_SWARM_PROMPT = "swarm"
 MAIN_SINGLE_PROMPT = "solo"
 SUB_NAME = "w"
 SUB_PROMPT = "look up rows"
+TODO = "todo: "
 _ROLE = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>"}
 
 
@@ -256,19 +257,22 @@ def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
 
 
 class WrittenTeacher:
-    """Scripted writer of warm-start traces in :class:`WrittenPolicy`'s text format (wide tasks).
+    """Scripted writer of warm-start traces in :class:`WrittenPolicy`'s text format (wide and deep tasks).
 
     Main agent: browse the task's region pages (one per step), then either browse every item itself
     (``width=0``, serial) or create one subagent template and assign the items in ``width`` near-equal
     contiguous chunks, all in one step; finally write the table from what its context holds. The width is
     drawn per episode from ``widths`` (seeded by the task text). Subagent: browse each listed item's page, then
-    finish with a table of the rows it read. It only reads its context window: rows whose pages were dropped
-    from the window are lost, as they would be for a model."""
+    finish with a table of the rows it read. ``scratchpad=True``: before each browse of a serial scan it writes
+    a note of the items still to do (``todo: B, C``), so the next item is copied from its own last message.
+    It only reads its context window: rows whose pages were dropped from the window are lost, as they would be
+    for a model. Deep questions: see :meth:`_deep`."""
 
-    def __init__(self, widths: Sequence[int] = (0, 1, 2, 3, 4, 6, 8), seed: int = 0) -> None:
+    def __init__(self, widths: Sequence[int] = (0, 1, 2, 3, 4, 6, 8), seed: int = 0,
+                 scratchpad: bool = False) -> None:
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in widths):
             raise ValueError(f"widths must be a non-empty sequence of ints >= 0; got {widths!r}")
-        self.widths, self.seed = tuple(widths), int(seed)
+        self.widths, self.seed, self.scratchpad = tuple(widths), int(seed), bool(scratchpad)
 
     def width_for(self, task: str) -> int:
         rng = random.Random(zlib.crc32(f"{self.seed}:{task}".encode()))
@@ -281,13 +285,30 @@ class WrittenTeacher:
             text = self._sub(view) if view.role == "subagent" else self._main(view)
         return Action(text=text, info={"prompt_ids": prompt_ids(view), "completion_ids": _TOK.encode(text + END)})
 
+    def _scan(self, view: AgentView, names: list[str], s: _Seen) -> str | None:
+        """The next browse of a serial scan over ``names``, or None when the scan is over. With the scratchpad
+        every browse is preceded by a note of what is left (``todo: B, C``), and the next item is the first
+        one of the latest note: copying from the agent's own last message instead of finding its place in the
+        list. Without it, a scan stops once the window has dropped its oldest messages."""
+        notes = [m.content.split(DEFAULT_FORMAT.call_begin, 1)[0] for m in view.messages if m.role == "assistant"]
+        notes = [n for n in notes if n.startswith(TODO)]
+        if self.scratchpad and notes:
+            rest = notes[-1][len(TODO):].strip()
+            todo = [] if rest == "-" else [x.strip() for x in rest.split(",") if x.strip()]
+        else:
+            dropped = any(m.role == "system" and m.content.startswith("[context window:") for m in view.messages)
+            todo = [] if dropped else [n for n in names if n not in s.browsed]
+        if not todo or view.steps_left <= 1:
+            return None
+        note = f"{TODO}{', '.join(todo[1:]) or '-'}" if self.scratchpad else ""
+        return note + call_text("browse", {"page_id": f"entity/{todo[0].lower()}"})
+
     def _sub(self, view: AgentView) -> str:
         columns, items = _columns(view.task), _items(view.task)
         s = _seen(view, columns)
-        dropped = any(m.role == "system" and m.content.startswith("[context window:") for m in view.messages)
-        todo = [n for n in items if n not in s.browsed]
-        if todo and view.steps_left > 1 and not dropped:
-            return call_text("browse", {"page_id": f"entity/{todo[0].lower()}"})
+        nxt = self._scan(view, items, s)
+        if nxt is not None:
+            return nxt
         rows = [s.rows[n] for n in items if n in s.rows]
         return call_text("finish", {"answer": _table(rows, columns)})
 
@@ -353,10 +374,10 @@ class WrittenTeacher:
                 prompt = f"Look up: {', '.join(chunk)}. Columns: {', '.join(columns)}."
                 calls.append(call_text("assign_task", {"agent": SUB_NAME, "prompt": prompt}))
             return "".join(calls)
-        if width == 0 and not dropped:  # serial; once the window drops its oldest pages, answer with what is left
-            todo = [n for n in s.names if n not in s.browsed]
-            if todo and view.steps_left > 1:
-                return call_text("browse", {"page_id": f"entity/{todo[0].lower()}"})
+        if width == 0:  # serial: pages dropped from the window are lost; the answer holds what is left
+            nxt = self._scan(view, s.names, s)
+            if nxt is not None:
+                return nxt
         rows = [s.rows[n] for n in s.names if n in s.rows] + [r for n, r in s.rows.items() if n not in s.names]
         return call_text("finish", {"answer": _table(rows, columns)})
 

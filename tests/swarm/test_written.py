@@ -376,3 +376,23 @@ def test_learned_swarm_world_seeds_are_disjoint():
     train, dev, ev = set(TRAIN_WORLD_SEEDS), set(DEV_WORLD_SEEDS), set(EVAL_WORLD_SEEDS)
     assert not (train & dev) and not (train & ev) and not (dev & ev)
     assert len(ev) >= 3
+
+
+def test_scratchpad_notes_what_is_left_and_keeps_scanning_past_drops(world):
+    tasks = make_swarm_tasks(world, 6, 0, min_rows=8, max_rows=10)
+    pad = WrittenTeacher(widths=(0, 2), seed=4, scratchpad=True)
+    eps, _ = _run(world, tasks, pad, pad, swarm=True)
+    assert all(score_answer(t, e.answer)["item_f1"] == 1.0 for t, e in zip(tasks, eps))
+    for e in eps:
+        for s in e.steps:
+            browses = [c for c in s.calls if c["name"] == "browse" and c["args"]["page_id"].startswith("entity/")]
+            if browses:
+                assert s.text.startswith("todo: ")
+    # a small window: without notes the serial scan stops at the first drop; with them it browses every row
+    plain, _ = _run(world, tasks, WrittenTeacher(widths=(0,)), None, swarm=False, window=600)
+    noted, web = _run(world, tasks, WrittenTeacher(widths=(0,), scratchpad=True), None, swarm=False, window=600)
+    for t, a, b in zip(tasks, plain, noted):
+        assert b.finished and b.critical_steps == (2 if " or the " in t.text else 1) + t.n_rows + 1
+        assert a.critical_steps < b.critical_steps
+    f1 = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, noted)]
+    assert max(f1) < 1.0  # the early pages are still lost from the window
