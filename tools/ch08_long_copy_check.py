@@ -1,36 +1,63 @@
 """Diagnostic for docs/swarm_learned.md: exact copy accuracy of warm-started models when the copy examples are
-preceded by filler pages (0 / 300 / 700 tokens), i.e. at the context lengths of the swarm's traces.
-Models are the probes' state dicts (64 wide, 4 layers); paths are the probes' --out folders.
+preceded by filler entity pages (0 / 300 / 700 tokens), i.e. at the context lengths of the swarm's traces.
+Models are the probes' state dicts (64 wide, 4 layers), e.g. ``model.pt`` in a probe's ``--out`` folder.
 
     python tools/ch08_long_copy_check.py /tmp/probe/p5/model.pt ...
 """
-import sys
+
+from __future__ import annotations
 
 import random
+import sys
+from dataclasses import replace
 
 import torch
-from dataclasses import replace
-torch.set_num_threads(2)
+
+from k25mini.data.tokenizer import Tokenizer
 from k25mini.model import K2ForCausalLM
-from k25mini.swarm.train import lm_config
-from k25mini.swarm.written import _TOK, TextOnlyVLM, _fresh_name, copy_example
 from k25mini.rl.rollout import sample
-BOS="<|bos|>"
-def filler(rng, n_tokens):
-    out=""
-    while len(out) < n_tokens:
-        out += f"<|tool_result_begin|>name {_fresh_name(rng)}; colour red; shape star; region east; weight {rng.randint(1,50)}; speed 3; friend {_fresh_name(rng)}<|tool_result_end|>"
+from k25mini.swarm.train import lm_config
+from k25mini.swarm.written import TextOnlyVLM, copy_example
+
+TOK = Tokenizer()
+BOS = "<|bos|>"
+
+
+def _name(rng: random.Random) -> str:
+    return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(2)).capitalize()
+
+
+def filler(rng: random.Random, n_chars: int) -> str:
+    """Entity pages as tool results until at least ``n_chars`` characters (one token per character here)."""
+    out = ""
+    while len(out) < n_chars:
+        page = f"name {_name(rng)}; colour red; shape star; weight {rng.randint(1, 50)}; friend {_name(rng)}"
+        out += f"<|tool_result_begin|>{page}<|tool_result_end|>"
     return out
-for path in sys.argv[1:]:
-    lm=K2ForCausalLM(replace(lm_config(64,4), max_position_embeddings=1280)); lm.load_state_dict(torch.load(path)); lm.eval()
-    for pad in (0, 300, 700):
-        rng=random.Random(5); ok={}
-        pairs=[]
-        for _ in range(90):
-            p,t,k=copy_example(rng)
-            text=_TOK.decode(p)
-            if pad: text=BOS+filler(rng,pad)+text[len(BOS):]
-            pairs.append((_TOK.encode(text),t,k))
-        got=sample(TextOnlyVLM(lm),[p for p,_,_ in pairs],max_new_tokens=90,temperature=0.0,stops=[_TOK.im_end_id])
-        for g,(p,t,k) in zip(got,pairs): ok.setdefault(k,[]).append(g[0].tokens==t)
-        print(path.split('/')[-2:], 'pad', pad, {k: round(sum(v)/len(v),2) for k,v in ok.items()}, flush=True)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    for path in sys.argv[1:]:
+        lm = K2ForCausalLM(replace(lm_config(64, 4), max_position_embeddings=1280))
+        lm.load_state_dict(torch.load(path))
+        lm.eval()
+        for pad in (0, 300, 700):
+            rng = random.Random(5)
+            pairs = []
+            for _ in range(90):
+                p, t, kind = copy_example(rng)
+                text = TOK.decode(p)
+                if pad:
+                    text = BOS + filler(rng, pad) + text[len(BOS):]
+                pairs.append((TOK.encode(text), t, kind))
+            got = sample(TextOnlyVLM(lm), [p for p, _, _ in pairs], max_new_tokens=90, temperature=0.0,
+                         stops=[TOK.im_end_id])
+            ok: dict[str, list[bool]] = {}
+            for g, (_, t, kind) in zip(got, pairs):
+                ok.setdefault(kind, []).append(g[0].tokens == t)
+            print(path, "filler", pad, {k: round(sum(v) / len(v), 2) for k, v in sorted(ok.items())}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
