@@ -1,0 +1,56 @@
+"""Development probe for docs/swarm_learned.md: continue a copy warm-up with filler entity pages (0-800 characters,
+drawn per example) before each copy example, so copies happen at the positions of the swarm's traces; then
+report exact copy accuracy behind 0 / 300 / 700 characters of filler (as tools/ch08_long_copy_check.py).
+
+    python tools/ch08_filler_copy_probe.py INIT_STATE_DICT OUT_STATE_DICT STEPS
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from k25mini.data.tokenizer import Tokenizer
+from k25mini.model import K2ForCausalLM
+from k25mini.swarm.train import lm_config
+from k25mini.swarm.written import copy_example, pad_written
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from ch08_long_copy_check import BOS, filler  # noqa: E402
+
+TOK = Tokenizer()
+
+
+def example(rng: random.Random) -> tuple[list[int], list[bool]]:
+    p, t, _ = copy_example(rng)
+    text = BOS + filler(rng, rng.randint(0, 800)) + TOK.decode(p)[len(BOS):]
+    ids = TOK.encode(text)
+    return ids + t, [False] * len(ids) + [True] * len(t)
+
+
+def main() -> None:
+    init, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(2)
+    lm = K2ForCausalLM(replace(lm_config(64, 4), max_position_embeddings=1280))
+    lm.load_state_dict(torch.load(init))
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-3, weight_decay=0.0)
+    rng = random.Random(7)
+    t0 = time.time()
+    for step in range(steps):
+        ids, labels = pad_written([example(rng) for _ in range(16)])
+        loss = lm.loss(ids, labels)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(step, round(loss.item(), 4), round(time.time() - t0), flush=True)
+    torch.save(lm.state_dict(), out)
+
+
+if __name__ == "__main__":
+    main()
