@@ -44,6 +44,7 @@ from k25mini.agents import (
     SwarmRuntime,
     run_sync,
 )
+from k25mini.agents.context import DROPPED_MARKER
 from k25mini.agents.toolcall import DEFAULT_FORMAT
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.optim import build_optimizer
@@ -223,11 +224,10 @@ class _Seen:
     rows: dict[str, dict[str, str]]
     browsed: list[str]
     created: bool
-    reports: int
 
 
 def _seen(view: AgentView, columns: list[str]) -> _Seen:
-    s = _Seen([], [], {}, [], False, 0)
+    s = _Seen([], [], {}, [], False)
     for m in view.messages:
         if m.role != "tool" or m.content.startswith("error"):
             continue
@@ -245,11 +245,16 @@ def _seen(view: AgentView, columns: list[str]) -> _Seen:
         elif m.tool == "create_subagent":
             s.created = True
         elif m.tool == "assign_task":
-            s.reports += 1
             for r in parse_markdown_table(m.content.partition("\n")[2]):
                 if r.get("name"):
                     s.rows.setdefault(r["name"], {c: r.get(c, "") for c in columns})
     return s
+
+
+def _dropped(view: AgentView) -> bool:
+    """Has the context window dropped older messages (its marker message is present)?"""
+    head = DROPPED_MARKER.split("{", 1)[0]
+    return any(m.role == "system" and m.content.startswith(head) for m in view.messages)
 
 
 def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
@@ -296,8 +301,7 @@ class WrittenTeacher:
             rest = notes[-1][len(TODO):].strip()
             todo = [] if rest == "-" else [x.strip() for x in rest.split(",") if x.strip()]
         else:
-            dropped = any(m.role == "system" and m.content.startswith("[context window:") for m in view.messages)
-            todo = [] if dropped else [n for n in names if n not in s.browsed]
+            todo = [] if _dropped(view) else [n for n in names if n not in s.browsed]
         if not todo or view.steps_left <= 1:
             return None
         note = f"{TODO}{', '.join(todo[1:]) or '-'}" if self.scratchpad else ""
@@ -358,9 +362,8 @@ class WrittenTeacher:
         s = _seen(view, columns)
         swarm = "assign_task" in view.tools
         width = self.width_for(view.task) if swarm else 0
-        dropped = any(m.role == "system" and m.content.startswith("[context window:") for m in view.messages)
         todo_regions = [r for r in regions if r not in s.regions_read]
-        if todo_regions and view.steps_left > 1 and not dropped:
+        if todo_regions and view.steps_left > 1 and not _dropped(view):
             return call_text("browse", {"page_id": f"region/{todo_regions[0]}"})
         if width > 0 and not s.created and s.names and view.steps_left > 2:
             k = min(width, len(s.names))
