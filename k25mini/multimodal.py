@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from k25mini.config import ModelConfig
@@ -77,11 +79,40 @@ class K25ForConditionalGeneration(nn.Module):
         """Token embeddings with the vision embeddings fused in at the media pads."""
         embeds = self.language_model.model.embed_tokens(input_ids)
         n_pads = int((input_ids == self.pad_id).sum())
+        # FSDP2 with the tower sharded: every rank must run the tower's units (all-gather, then reduce-scatter in
+        # backward) whenever any rank does; a rank without media runs one blank image and adds 0 x its output
+        peers = self._vision_sharded() and self._any_rank_has_media(bool(media), input_ids.device)
         if not media:
             if n_pads:
                 raise ValueError(f"media: input_ids hold {n_pads} <|media_pad|> tokens but no media were given")
+            if peers:
+                blank = self.vision_tower.encode([self._blank_image()])[0]
+                embeds = embeds + 0.0 * blank.sum()
             return embeds
         return scatter_media(embeds, input_ids, self.encode_media(media), self.pad_id)
+
+    def _vision_sharded(self) -> bool:
+        """True when the vision tower is FSDP2-sharded over more than one process: a rank whose batch has no media
+        must still all-gather (and reduce-scatter) the tower's units with its peers, or the collectives of the
+        ranks that do encode media would wait forever (or pair with the wrong messages)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return False
+        from torch.distributed.fsdp import FSDPModule
+
+        return any(isinstance(m, FSDPModule) for m in self.vision_tower.modules())
+
+    @staticmethod
+    def _any_rank_has_media(mine: bool, device: torch.device) -> bool:
+        """Whether any rank's batch holds media (one max all-reduce; every rank calls it at the same point).
+        When none does, no rank runs the tower: its gradients stay None everywhere, as on one process."""
+        flag = torch.tensor([1.0 if mine else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _blank_image(self) -> np.ndarray:
+        """The smallest image the tower takes: one merge unit of patches, black."""
+        v = self.config.vision
+        return np.zeros((v.patch_size * v.merge_kernel_size[0], v.patch_size * v.merge_kernel_size[1], 3), np.uint8)
 
     # ------------------------------------------------------------------ LM
     def forward(self, input_ids: torch.Tensor, media: Sequence[Any] | None = None, **kw) -> torch.Tensor:

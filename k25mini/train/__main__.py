@@ -7,6 +7,15 @@ parallel over ep, FSDP2 over the rest, MuonClip + QK-Clip, trains on the toy seq
 (:func:`k25mini.train.parallel.toy_lm_batch`), logs ``metrics.jsonl`` and writes DCP checkpoints to
 ``out/checkpoints/step_XXXXXXXX`` (``--resume`` continues from the newest, at any world size). gloo on CPU, NCCL on
 CUDA. Without torchrun it trains in one process (dp = ep = 1).
+
+The experiments' training stages run through it too, as jobs (:mod:`k25mini.train.job`)::
+
+    torchrun --standalone --nproc-per-node 2 -m k25mini.train --job k25mini.experiments.ch05_fusion.stages:stage_job \
+        --job-args '{"cfg": {...}, "stage": "A", "out": "runs/..."}'
+
+``--job`` names a builder (``package.module:function``) that returns the model, loss, data and TrainConfig;
+``--job-args`` is its JSON keyword arguments. A job is data parallel over all processes (FSDP2, ep = 1); the toy
+options below (preset, steps, batch, ...) do not apply to it.
 """
 
 from __future__ import annotations
@@ -21,32 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m k25mini.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="small", help="model preset (k25mini.config.preset): nano or small")
-    p.add_argument("--model", default="k25", choices=("k25", "text"),
-                   help="k25: vision tower + language model (the tower is sharded, the toy data is text); text: LM")
-    p.add_argument("--dp", type=int, default=None, help="data-parallel shards (default: world size / ep)")
-    p.add_argument("--ep", type=int, default=None, help="expert-parallel size (default: the world size)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=8, help="global batch (sequences), split over all processes")
-    p.add_argument("--seq", type=int, default=64, help="sequence length")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=2, help="warm-up steps (then cosine to 0.1 x lr)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (<= 0: off)")
-    p.add_argument("--qk-clip-tau", type=float, default=100.0, help="QK-Clip threshold (<= 0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each decoder layer in backward")
-    p.add_argument("--out", default=None, help="output dir: metrics.jsonl and checkpoints/ (default: nothing saved)")
-    p.add_argument("--ckpt-every", type=int, default=0, help="DCP checkpoint every N steps (0: only at the end)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--safetensors", action="store_true", help="also convert the final checkpoint to one .safetensors")
-    p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads per process (0: leave as is; torchrun sets OMP_NUM_THREADS=1)")
-    return p
+from k25mini.train.cli import build_parser as _parser
 
 
 def _check(p: argparse.ArgumentParser, a: argparse.Namespace, world: int) -> tuple[int, int]:
@@ -76,6 +60,36 @@ def _latest(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _main_job(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    """``--job``: build the named job and train it (data parallel over the launched processes)."""
+    from k25mini.train.job import resolve_builder, run_job
+
+    try:
+        args = json.loads(a.job_args)
+    except json.JSONDecodeError as e:
+        p.error(f"--job-args must be a JSON object, got {a.job_args[:80]!r} ({e})")
+    if not isinstance(args, dict):
+        p.error(f"--job-args must be a JSON object, got {type(args).__name__}")
+    if (a.ep or 1) > 1:
+        p.error("--ep > 1 applies to the toy run only; a job is data parallel (ep = 1)")
+    if a.threads < 0:
+        p.error(f"--threads must be >= 0, got {a.threads}")
+    try:
+        resolve_builder(a.job)
+    except ValueError as e:
+        p.error(str(e))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    run = run_job(a.job, args)
+    if run.world_size == 1 or dist.get_rank() == 0:
+        print(json.dumps({"job": a.job, "world_size": run.world_size, "step": run.step, "resumed": run.resumed,
+                          "out_dir": None if run.out_dir is None else str(run.out_dir)}), flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from k25mini.config import preset
     from k25mini.train.dcp import dcp_to_safetensors, load_dcp, save_dcp
@@ -91,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = _parser()
     a = p.parse_args(argv)
+    if a.job is not None:
+        return _main_job(p, a)
     info = init_distributed()
     dp, ep = _check(p, a, info.world_size)
     if a.threads:

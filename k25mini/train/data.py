@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["StatefulBatches", "BatchSource", "as_batch_source", "shard_batch", "to_device"]
+__all__ = ["shard_rows_with_media", "StatefulBatches", "BatchSource", "as_batch_source", "shard_batch", "to_device"]
 
 
 @runtime_checkable
@@ -92,6 +92,40 @@ def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
         return t[rank * n : (rank + 1) * n]
 
     return _map_tensors(batch, cut)
+
+
+def shard_rows_with_media(batch: dict[str, Any], rank: int, world_size: int, counts_fn: Callable[[Any], Any],
+                          pad_id: int, media_key: str = "media", ids_key: str = "input_ids") -> dict[str, Any]:
+    """:func:`shard_batch` for packed multimodal rows: the tensors are cut on dim 0 as there, and the row-major
+    ``batch[media_key]`` list keeps the media whose pads lie in this rank's rows.
+
+    Each media item fills ``sum(counts_fn(item))`` consecutive ``pad_id`` tokens of one row, in list order (what
+    the packers and :func:`k25mini.sft.data.sft_batch` build); a batch that does not match raises ValueError."""
+    ids = batch[ids_key]
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise ValueError(f"batch[{ids_key!r}] must be a [rows, seq] tensor")
+    rows = ids.shape[0]
+    if rows % world_size:
+        raise ValueError(f"rows ({rows}) must be divisible by world_size={world_size} to shard them")
+    media = list(batch.get(media_key) or [])
+    pads = (ids == pad_id).sum(1).tolist()
+    owner, row, left = [], 0, pads[0] if rows else 0
+    for k, item in enumerate(media):
+        need = int(sum(counts_fn(item)))
+        while left == 0 and row < rows - 1:
+            row += 1
+            left = pads[row]
+        if need > left:
+            raise ValueError(f"{media_key}[{k}] needs {need} pads but row {row} has {left} left: the media list "
+                             "does not follow the rows' pads in order")
+        owner.append(row)
+        left -= need
+    if sum(pads) != sum(int(sum(counts_fn(m))) for m in media):
+        raise ValueError(f"{ids_key} holds {sum(pads)} pads but the {len(media)} media items fill a different number")
+    out = shard_batch({k: v for k, v in batch.items() if k != media_key}, rank, world_size)
+    n = rows // world_size
+    out[media_key] = [m for m, r in zip(media, owner) if rank * n <= r < (rank + 1) * n]
+    return out
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -10,7 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TinyCharMLP", "toy_batch_at", "toy_loss", "ToyStream"]
+__all__ = ["TinyCharMLP", "toy_batch_at", "toy_loss", "ToyStream", "toy_job", "TOY_JOB"]
+
+#: the toy task as a job of the entry point: ``python -m k25mini.train --job k25mini.train.toy:toy_job``
+TOY_JOB = "k25mini.train.toy:toy_job"
 
 
 class TinyCharMLP(nn.Module):
@@ -62,3 +65,16 @@ class ToyStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.pos = int(state["seed"]), int(state["pos"])
+
+
+def toy_job(out: str | None = None, steps: int = 20, lr: float = 3e-3, seed: int = 0, batch: int = 8,
+            dropout: float = 0.0, optimizer: str = "adamw", ckpt_every: int = 0):
+    """The toy task as a :class:`~k25mini.train.job.JobParts` (an example job; the tests' parity subject)."""
+    from k25mini.train.config import TrainConfig
+    from k25mini.train.job import JobParts
+
+    torch.manual_seed(seed)
+    model = TinyCharMLP(dropout=dropout)
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=min(2, steps), optimizer=optimizer, seed=seed, out_dir=out,
+                      ckpt_every=ckpt_every, log_every=1, progress=False)
+    return JobParts(model, toy_loss, lambda i: toy_batch_at(i, batch), cfg, info={"batch": batch})

@@ -130,7 +130,7 @@ class VisionTower(nn.Module):
         order), or one tensor per chunk if ``per_chunk``."""
         chunks = self.preprocess(media)
         batch = pack([c.patches for c in chunks], [c.grid_thw for c in chunks])
-        out = self.forward(batch.patches, batch.grid_thw, backend)
+        out = self(batch.patches, batch.grid_thw, backend)  # __call__: module hooks (FSDP2's unshard) run
         counts = [num_media_tokens(*c.grid_thw, cfg=self.cfg) for c in chunks]
         parts = list(torch.split(out, counts, dim=0))
         if per_chunk:

@@ -2,6 +2,7 @@
 
     python -m k25mini.experiments.ch05_fusion                  # the whole ablation at K25_SCALE
     python -m k25mini.experiments.ch05_fusion --workers 2      # joint runs in 2 processes (one thread each)
+    python -m k25mini.experiments.ch05_fusion --nproc 2        # every stage data parallel on 2 torchrun processes
     python -m k25mini.experiments.ch05_fusion --runs early:0 mid:1 --threads 1
     python -m k25mini.experiments.ch05_fusion --probe NAME early 0 --set proj_steps=1000 proj_lr=0.01
     python -m k25mini.experiments.ch05_fusion --diagnose 1500     # does each model read the image? (loss gap)
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", nargs="*", help="schedule:seed pairs (default: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1, help="joint runs in this many processes (one thread each)")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="train every stage data parallel on this many processes (torchrun -m k25mini.train --job)")
     ap.add_argument("--force", action="store_true", help="recompute runs even when results match")
     ap.add_argument("--stages-only", action="store_true", help="only train the shared stages A and B")
     ap.add_argument("--probe", nargs=3, metavar=("NAME", "SCHEDULE", "SEED"), help="an investigation run")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fusion ablation at {cfg.scale}: key {cfg.key()}", flush=True)
     t0 = time.perf_counter()
     if a.stages_only:
-        stage_vit(cfg)
+        stage_vit(cfg, nproc=a.nproc)
         print(f"stages A+B done in {time.perf_counter() - t0:.0f} s", flush=True)
         return 0
     if a.diagnose is not None:
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sch} seed {seed}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
               + f"  ({r['timing_s']['total']:.0f} s)" + (f"  [{r['stale']}]" if r.get("stale") else ""), flush=True)
 
-    run_ablation(cfg, todo, force=a.force, workers=a.workers, log=show)  # writes the aggregated results too
+    # writes the aggregated results too
+    run_ablation(cfg, todo, force=a.force, workers=a.workers, log=show, nproc=a.nproc)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -13,14 +13,17 @@ Stages (paper Table 3, shrunk):
   :class:`~k25mini.pretrain.fusion_schedule.FusionSchedule` (early / mid / late, identical totals).
 
 A and B are trained once per scale and shared by every schedule and seed; a run's seed changes the data
-order of the joint stage. Every stage goes through :class:`k25mini.train.Trainer` (checkpoints, JSONL
-metrics, bit-exact resume), and its packed batches are computed up front so ``batch_at(i)`` is a pure
-function of the step. Each finished run writes ``results/fusion_ablation/<scale>/<schedule>-s<seed>.json``
-(:mod:`.evaluation` joins them). Checkpoints live under ``runs/fusion/<scale>/``.
+order of the joint stage. Every stage is a job of the training entry point (:func:`stage_job`, run by
+:func:`k25mini.train.job.launch`: in this process, or ``torchrun -m k25mini.train --job`` with ``nproc > 1``),
+trained by :class:`k25mini.train.Trainer` (checkpoints, JSONL metrics, bit-exact resume); its packed batches are
+computed up front so ``batch_at(i)`` is a pure function of the step. Each finished run writes
+``results/fusion_ablation/<scale>/<schedule>-s<seed>.json`` (:mod:`.evaluation` joins them). Checkpoints live
+under ``runs/fusion/<scale>/``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -59,12 +62,17 @@ from k25mini.pretrain.docs import doc_stream
 from k25mini.pretrain.evaluate import teacher_forced_exact
 from k25mini.pretrain.fusion_schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
 from k25mini.pretrain.packing import IGNORE, MixedPacker, PackedStep
-from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
+from k25mini.train import TrainConfig, latest_checkpoint, load_weights
+from k25mini.train.data import shard_rows_with_media
+from k25mini.train.job import JobParts, JobRun, TrainJob, config_from_dict, launch
 from k25mini.world import TEXT_CORPORA, VISION_CORPORA, World
 
 __all__ = ["packed_steps", "pack_vision_only", "batch_from", "lm_loss", "stage_dir", "joint_root", "train_config",
            "finished", "new_model", "b_steps", "vit_docs", "stage_text", "stage_vit", "run_joint", "run_ablation",
-           "run_probe"]
+           "run_probe", "stage_job", "STAGE_JOB", "joint_schedule", "tracker"]
+
+#: the job builder every stage runs through (``python -m k25mini.train --job STAGE_JOB --job-args ...``)
+STAGE_JOB = "k25mini.experiments.ch05_fusion.stages:stage_job"
 
 
 def packed_steps(
@@ -156,6 +164,10 @@ def train_config(cfg: FusionConfig, steps: int, lr: float, seed: int, out_dir: P
                        log_every=max(steps // 20, 1), progress=progress, **kw)
 
 
+def latest_checkpoint_of(out_dir: Path) -> Path | None:
+    return latest_checkpoint(out_dir / "checkpoints") if (out_dir / "checkpoints").is_dir() else None
+
+
 def finished(out_dir: Path, steps: int) -> bool:
     ck = latest_checkpoint(out_dir / "checkpoints") if (out_dir / "checkpoints").is_dir() else None
     return ck is not None and json.loads((ck / "state.json").read_text()).get("step") == steps
@@ -172,19 +184,13 @@ def _check_data_version(cfg: FusionConfig) -> None:
                          f"{VISION_DOCS_VERSION} documents: results of other versions can be read, not recomputed")
 
 
-def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False) -> Path:
+def stage_text(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False,
+               nproc: int = 1) -> Path:
     """Stage A: text-only pre-training from scratch; returns its out_dir (the checkpoint others start from)."""
     out = stage_dir(cfg, "A", runs_dir)
     if finished(out, cfg.text_steps):
         return out
-    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
-    model = new_model(cfg, cfg.stage_seed)
-    text_only = FusionSchedule("text", 0.0, 0.0)
-    steps = packed_steps(cfg, text_only, cfg.text_steps, cfg.stage_seed, "A", world, tok, model.media_token_counts)
-    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
-                 train_config(cfg, cfg.text_steps, cfg.text_lr, cfg.stage_seed, out, progress), callbacks=callbacks)
-    tr.resume()
-    tr.fit()
+    _launch(cfg, "A", out, callbacks, progress, nproc)
     return out
 
 
@@ -194,12 +200,91 @@ def vit_docs(cfg: FusionConfig, world: World, tok: Tokenizer, counts_fn, steps: 
     return pack_vision_only(docs, steps, cfg.rows, cfg.seq_len, tok.pad_id, tok.media_pad_id)
 
 
-def _fit(model, steps: list[PackedStep], cfg: FusionConfig, lr: float, out: Path, callbacks,
-         progress: bool = False) -> None:
-    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
-                 train_config(cfg, len(steps), lr, cfg.stage_seed, out, progress), callbacks=callbacks)
-    tr.resume()
-    tr.fit()
+def _launch(cfg: FusionConfig, stage: str, out: Path, callbacks=(), progress: bool = False, nproc: int = 1,
+            **kw: Any) -> JobRun:
+    """Train one stage through the entry point (:func:`stage_job`; ``python -m k25mini.train --job ...``)."""
+    args = {"cfg": cfg.to_dict(), "stage": stage, "out": str(out), "progress": progress,
+            **{k: v for k, v in kw.items() if v is not None}}
+    return launch(TrainJob(STAGE_JOB, args), nproc=nproc, callbacks=callbacks)
+
+
+def stage_job(cfg: dict[str, Any], stage: str, out: str, init: str | None = None, tower: str | None = None,
+              schedule: str | None = None, seed: int | None = None, progress: bool = False) -> JobParts:
+    """The job builder of every stage (what ``python -m k25mini.train --job`` calls with JSON arguments).
+
+    ``stage``: ``"A"`` (from scratch), ``"B"`` (``vit_align="frozen"``: ViT + projector through the frozen LM of
+    ``init``), ``"B1"`` (everything from ``init`` = A), ``"B2"`` (A's LM from ``init``, the vision tower from
+    ``tower`` = B1, only the projector trains) or ``"joint"`` (everything from ``init`` = B, ``schedule`` and
+    ``seed``; eval_fn = the text-suite tracking; ``info["tokens"]`` = the vision/text token totals)."""
+    c = config_from_dict(FusionConfig, cfg)
+    if stage not in ("A", "B", "B1", "B2", "joint"):
+        raise ValueError(f"stage must be one of A, B, B1, B2, joint, got {stage!r}")
+    if stage != "A" and init is None:
+        raise ValueError(f"stage {stage!r} needs init (the checkpoint it starts from)")
+    if stage == "B2" and tower is None:
+        raise ValueError("stage 'B2' needs tower (the B1 checkpoint its vision tower comes from)")
+    world, tok = World(c.world_seed, scale=c.scale), Tokenizer()
+    if stage == "A":
+        model = new_model(c, c.stage_seed)
+        steps = packed_steps(c, FusionSchedule("text", 0.0, 0.0), c.text_steps, c.stage_seed, "A", world, tok,
+                             model.media_token_counts)
+        return _parts(model, steps, train_config(c, c.text_steps, c.text_lr, c.stage_seed, Path(out), progress))
+    if stage in ("B", "B1"):
+        _check_data_version(c)
+        model = new_model(c, c.stage_seed)
+        load_weights(model, init)
+        if stage == "B":
+            model.language_model.requires_grad_(False)
+        steps = vit_docs(c, world, tok, model.media_token_counts, c.vit_steps, "B")
+        return _parts(model, steps, train_config(c, len(steps), c.vit_lr, c.stage_seed, Path(out), progress))
+    if stage == "B2":
+        _check_data_version(c)
+        model = new_model(c, c.stage_seed)
+        load_weights(model, init)
+        aligned = new_model(c, c.stage_seed)
+        load_weights(aligned, tower)
+        model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
+        model.requires_grad_(False)
+        model.vision_tower.projector.requires_grad_(True)  # B2: only the projector moves
+        lr = c.vit_lr if c.proj_lr is None else c.proj_lr
+        steps = vit_docs(c, world, tok, model.media_token_counts, c.proj_steps, "B2")
+        return _parts(model, steps, train_config(c, len(steps), lr, c.stage_seed, Path(out), progress))
+    if schedule not in SCHEDULES or not isinstance(seed, int):
+        raise ValueError(f"stage 'joint' needs schedule (one of {sorted(SCHEDULES)}) and an int seed, got "
+                         f"{schedule!r}, {seed!r}")
+    _check_data_version(c)
+    model = new_model(c, seed)
+    load_weights(model, init)
+    sch = joint_schedule(c, schedule)
+    steps = packed_steps(c, sch, c.joint_steps, seed, f"joint-{seed}", world, tok, model.media_token_counts)
+    totals = {"vision": int(sum(s.vision_tokens for s in steps)), "text": int(sum(s.text_tokens for s in steps))}
+    tc = train_config(c, c.joint_steps, c.joint_lr, seed, Path(out), progress, eval_every=c.track_every,
+                      eval_at_end=True)
+    return _parts(model, steps, tc, eval_fn=tracker(c, tok, eval_sets(c)), info={"tokens": totals})
+
+
+def _parts(model, steps: list[PackedStep], tc: TrainConfig, **kw: Any) -> JobParts:
+    return JobParts(model, lm_loss, lambda i: batch_from(steps[i]), tc, **kw,
+                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
+                                               pad_id=model.pad_id))
+
+
+def joint_schedule(cfg: FusionConfig, schedule: str) -> FusionSchedule:
+    """The schedule a joint run uses: ``schedule``'s injection point at ``cfg.vision_share``."""
+    sch = SCHEDULES[schedule]
+    if not math.isclose(sch.vision_share, cfg.vision_share):  # same injection point, another total vision share
+        sch = schedule_for_share(sch.inject_at, cfg.vision_share, schedule)
+    return sch
+
+
+def tracker(cfg: FusionConfig, tok: Tokenizer, evals: dict[str, list]):
+    """The joint stage's eval function: teacher-forced exact match on every text suite."""
+    track = {s: evals[s] for s in TEXT_SUITES}
+
+    def track_fn(m) -> dict[str, float]:
+        return {f"tf_{s}": teacher_forced_exact(m, tok, items) for s, items in track.items()}
+
+    return track_fn
 
 
 def b_steps(cfg: FusionConfig) -> int:
@@ -207,42 +292,28 @@ def b_steps(cfg: FusionConfig) -> int:
     return cfg.vit_steps if cfg.vit_align == "frozen" else cfg.proj_steps
 
 
-def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False) -> Path:
+def stage_vit(cfg: FusionConfig, runs_dir: Path | None = None, callbacks=(), progress: bool = False,
+              nproc: int = 1) -> Path:
     """Stage B from A: the ViT trained with a caption loss (see the module doc for the two ``vit_align`` forms);
     returns the out_dir of a checkpoint holding A's language model and the trained vision tower + projector."""
     _check_data_version(cfg)
-    a = stage_text(cfg, runs_dir, progress=progress)
+    a = stage_text(cfg, runs_dir, progress=progress, nproc=nproc)
     out = stage_dir(cfg, "B", runs_dir)
     if finished(out, b_steps(cfg)):
         return out
-    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
-    model = new_model(cfg, cfg.stage_seed)
-    load_weights(model, a)
     if cfg.vit_align == "frozen":
-        model.language_model.requires_grad_(False)
-        _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, out,
-             callbacks, progress)
+        _launch(cfg, "B", out, callbacks, progress, nproc, init=str(a))
         return out
     b1 = stage_dir(cfg, "B1", runs_dir)
     if not finished(b1, cfg.vit_steps):  # B1: everything trains; the language model copy is the caption decoder
-        _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.vit_steps, "B"), cfg, cfg.vit_lr, b1,
-             callbacks, progress)
-        model = new_model(cfg, cfg.stage_seed)
-        load_weights(model, a)
-    aligned = new_model(cfg, cfg.stage_seed)
-    load_weights(aligned, b1)
-    model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
-    model.requires_grad_(False)
-    model.vision_tower.projector.requires_grad_(True)  # B2: only the projector moves
-    lr = cfg.vit_lr if cfg.proj_lr is None else cfg.proj_lr
-    _fit(model, vit_docs(cfg, world, tok, model.media_token_counts, cfg.proj_steps, "B2"), cfg, lr, out,
-         callbacks, progress)
+        _launch(cfg, "B1", b1, callbacks, progress, nproc, init=str(a))
+    _launch(cfg, "B2", out, callbacks, progress, nproc, init=str(a), tower=str(b1))
     return out
 
 
 def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None = None,
               results_dir: Path | None = None, callbacks=(), force: bool = False, log=None,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, nproc: int = 1) -> dict[str, Any]:
     """One joint pre-training run from the ViT-stage checkpoint; returns (and saves) its result dict.
 
     A saved result with the same config key is reused unless ``force``; when the code that made it differs
@@ -260,39 +331,36 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
         return old
     _check_data_version(cfg)
     t0 = time.perf_counter()
-    b = stage_vit(cfg, runs_dir, progress=progress)
+    b = stage_vit(cfg, runs_dir, progress=progress, nproc=nproc)
     out = joint_root(cfg, runs_dir) / "joint" / f"{schedule}-s{seed}"
-    world, tok = World(cfg.world_seed, scale=cfg.scale), Tokenizer()
-    model = new_model(cfg, seed)
-    load_weights(model, b)
-    sch = SCHEDULES[schedule]
-    if not math.isclose(sch.vision_share, cfg.vision_share):  # same injection point, another total vision share
-        sch = schedule_for_share(sch.inject_at, cfg.vision_share, schedule)
-    steps = packed_steps(cfg, sch, cfg.joint_steps, seed, f"joint-{seed}", world, tok, model.media_token_counts)
-    totals = {"vision": int(sum(s.vision_tokens for s in steps)), "text": int(sum(s.text_tokens for s in steps))}
+    tok = Tokenizer()
+    sch = joint_schedule(cfg, schedule)
     evals = eval_sets(cfg)
-    track = {s: evals[s] for s in TEXT_SUITES}
-
-    def track_fn(m) -> dict[str, float]:
-        return {f"tf_{s}": teacher_forced_exact(m, tok, items) for s, items in track.items()}
-
-    tr = Trainer(model, lm_loss, lambda i: batch_from(steps[i]),
-                 train_config(cfg, cfg.joint_steps, cfg.joint_lr, seed, out, progress, eval_every=cfg.track_every,
-                               eval_at_end=True), eval_fn=track_fn, callbacks=callbacks)
-    resumed = tr.resume()
-    step0 = None if resumed else {"step": 0, **track_fn(model)}
+    track_fn = tracker(cfg, tok, evals)
+    step0 = None
+    if latest_checkpoint_of(out) is None:  # step 0 of the text-suite curve: B's weights, where the run starts
+        m0 = new_model(cfg, seed)
+        load_weights(m0, b)
+        step0 = {"step": 0, **track_fn(m0)}
+        del m0
     t_train = time.perf_counter()
-    tr.fit()
+    run = _launch(cfg, "joint", out, callbacks, progress, nproc, init=str(b), schedule=schedule, seed=seed)
+    resumed = run.resumed
+    totals = run.info["tokens"]
+    model = run.model
+    if model is None:  # trained in other processes: its final checkpoint
+        model = new_model(cfg, seed)
+        load_weights(model, out)
     t_eval = time.perf_counter()
     final, by_skill = score_suites(model, tok, evals, cfg.max_new_tokens)
     t_end = time.perf_counter()
-    curve = [r for r in tr.history if r.get("split") == "eval"]
+    curve = [r for r in run.history if r.get("split") == "eval"]
     if step0 is None:  # resumed: step 0 was logged (if at all) by the first attempt; recompute from B's weights
         m0 = new_model(cfg, seed)
         load_weights(m0, b)
         step0 = {"step": 0, **track_fn(m0)}
     curve = [step0] + [{"step": r["step"], **{k: r[k] for k in r if k.startswith("tf_")}} for r in curve]
-    loss = [[r["step"], r["lm_loss"]] for r in tr.history if r.get("split") == "train" and "lm_loss" in r]
+    loss = [[r["step"], r["lm_loss"]] for r in run.history if r.get("split") == "train" and "lm_loss" in r]
     result = {
         "schedule": schedule, "inject_at": sch.inject_at, "vision_ratio": sch.vision_ratio, "seed": seed,
         "scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "tokens": totals,
@@ -304,15 +372,16 @@ def run_joint(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None
 
 
 def _run_joint_process(cfg: FusionConfig, schedule: str, seed: int, runs_dir: Path | None, results_dir: Path | None,
-                       force: bool, threads: int) -> dict[str, Any]:
+                       force: bool, threads: int, nproc: int = 1) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    return run_joint(cfg, schedule, seed, runs_dir, results_dir, force=force)
+    return run_joint(cfg, schedule, seed, runs_dir, results_dir, force=force, nproc=nproc)
 
 
 def run_ablation(cfg: FusionConfig | None = None, runs: list[tuple[str, int]] | None = None,
                  runs_dir: Path | None = None, results_dir: Path | None = None, force: bool = False,
-                 callbacks=(), workers: int = 1, log=None) -> dict[str, Any]:
+                 callbacks=(), workers: int = 1, log=None, nproc: int = 1) -> dict[str, Any]:
     """Every (schedule, seed) of ``cfg`` (or just ``runs``); finished runs with the same config are reused.
+    ``nproc`` > 1: every training stage runs data parallel under ``torchrun`` with that many processes.
 
     ``workers`` > 1: stages A and B are trained first (once), then the joint runs go to that many spawned
     processes with one thread each (runs are independent and deterministic: the results equal one process's;
@@ -323,14 +392,15 @@ def run_ablation(cfg: FusionConfig | None = None, runs: list[tuple[str, int]] | 
     todo = runs if runs is not None else [(s, k) for s in cfg.schedules for k in cfg.seeds]
     if workers == 1 or len(todo) < 2:
         for sch, seed in todo:
-            r = run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force)
+            r = run_joint(cfg, sch, seed, runs_dir, results_dir, callbacks=callbacks, force=force, nproc=nproc)
             if log is not None:
                 log(sch, seed, r)
     else:
-        stage_vit(cfg, runs_dir)
+        stage_vit(cfg, runs_dir, nproc=nproc)
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as ex:
-            futures = [(sch, seed, ex.submit(_run_joint_process, cfg, sch, seed, runs_dir, results_dir, force, 1))
+            futures = [(sch, seed, ex.submit(_run_joint_process, cfg, sch, seed, runs_dir, results_dir, force, 1,
+                                                nproc))
                        for sch, seed in todo]
             for sch, seed, f in futures:
                 r = f.result()

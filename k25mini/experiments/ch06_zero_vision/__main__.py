@@ -18,6 +18,8 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Chapter 06: zero-vision SFT with a sandboxed code tool")
     ap.add_argument("--workers", type=int, default=1, help="arm/seed runs in this many processes (1 thread each)")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="each SFT data parallel on this many processes (torchrun -m k25mini.train --job)")
     ap.add_argument("--force", action="store_true", help="rerun even when saved results match the config")
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.seeds:
         over["seeds"] = tuple(a.seeds)
     cfg = config_for(a.scale, **over)
-    run_experiment(cfg, workers=a.workers, force=a.force)
+    run_experiment(cfg, workers=a.workers, force=a.force, nproc=a.nproc)
     print(section(scale=cfg.scale))
     print("docs/reproduction.md: run `python -m k25mini.report` to regenerate it")
     return 0

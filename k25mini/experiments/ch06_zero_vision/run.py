@@ -17,6 +17,7 @@ weights. Every model-written program runs in :class:`k25mini.tools.CodeTool`; re
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,8 +50,10 @@ from k25mini.pretrain.evaluate import greedy_answers
 from k25mini.sft.data import build_sft_set, set_summary, sft_batch, sft_loss
 from k25mini.sft.rollout import Episode, episode_stats, oracle_answers, solve_with_tool
 from k25mini.tools import CodeTool
-from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
+from k25mini.train import TrainConfig, latest_checkpoint, load_weights
 from k25mini.train.checkpoint import resolve_checkpoint
+from k25mini.train.data import shard_rows_with_media
+from k25mini.train.job import JobParts, TrainJob, config_from_dict, launch
 from k25mini.world import World, make_eval_suite, score
 from k25mini.world.rng import rng_for
 from k25mini.world.skills import SUITE_SKILLS
@@ -116,36 +119,55 @@ def _runs_root(cfg: SFTConfig, runs_dir: Path | None) -> Path:
     return (Path(runs_dir) if runs_dir is not None else ROOT / "runs") / "zero_vision" / cfg.scale / cfg.key()
 
 
-def sft_train(cfg: SFTConfig, arm: str, seed: int, base: Path, out: Path, progress: bool = False
-              ) -> tuple[K25ForConditionalGeneration, dict[str, Any]]:
-    """SFT of the language model from ``base`` on ``arm``'s set; resumes a finished or interrupted run in
-    ``out``. Returns the model and a record (set summary, loss curve, seconds)."""
+#: the job builder of the SFT stage (``python -m k25mini.train --job SFT_JOB --job-args ...``)
+SFT_JOB = "k25mini.experiments.ch06_zero_vision.run:sft_job"
+
+
+def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progress: bool = False) -> JobParts:
+    """The SFT stage as a job of the training entry point: the language model from ``base`` on ``arm``'s set
+    (vision tower frozen); ``info["set"]`` summarises the set."""
+    c = config_from_dict(SFTConfig, cfg)
     if arm not in TRAINED_ARMS:
         raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
-    world, tok = World(0, scale=cfg.scale), Tokenizer()
-    rows = build_sft_set(world, arm, cfg.sft_rows, seed, cfg.replay_share, cfg.visual_share, cfg.visual_skills,
-                         cfg.contexts)
+    world, tok = World(0, scale=c.scale), Tokenizer()
+    rows = build_sft_set(world, arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, c.contexts)
     torch.manual_seed(seed)
     model = new_model()
     load_weights(model, base)
     for p in model.vision_tower.parameters():
         p.requires_grad_(False)
-    order = np.random.default_rng([seed, 61]).permutation(cfg.steps * cfg.batch) % len(rows)
+    order = np.random.default_rng([seed, 61]).permutation(c.steps * c.batch) % len(rows)
 
     def batch_at(i: int) -> dict[str, Any]:
-        idx = order[i * cfg.batch : (i + 1) * cfg.batch]
+        idx = order[i * c.batch : (i + 1) * c.batch]
         return sft_batch([rows[int(k)] for k in idx], tok, model.media_token_counts)
 
-    tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(cfg.warmup, cfg.steps), optimizer=cfg.optimizer,
-                     seed=seed, out_dir=str(out), ckpt_every=max(cfg.steps // 2, 1), keep_last=1,
-                     log_every=max(cfg.steps // 20, 1), progress=progress)
+    tc = TrainConfig(steps=c.steps, lr=c.lr, warmup_steps=min(c.warmup, c.steps), optimizer=c.optimizer,
+                     seed=seed, out_dir=str(out), ckpt_every=max(c.steps // 2, 1), keep_last=1,
+                     log_every=max(c.steps // 20, 1), progress=progress)
+    return JobParts(model, sft_loss, batch_at, tc, info={"set": set_summary(rows)},
+                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
+                                               pad_id=model.pad_id))
+
+
+def sft_train(cfg: SFTConfig, arm: str, seed: int, base: Path, out: Path, progress: bool = False, nproc: int = 1
+              ) -> tuple[K25ForConditionalGeneration, dict[str, Any]]:
+    """SFT of the language model from ``base`` on ``arm``'s set, through the training entry point
+    (:func:`sft_job`; ``nproc`` > 1: data parallel under torchrun); resumes a finished or interrupted run in
+    ``out``. Returns the model and a record (set summary, loss curve, seconds)."""
+    if arm not in TRAINED_ARMS:
+        raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
     t0 = time.perf_counter()
-    tr = Trainer(model, sft_loss, batch_at, tc)
-    resumed = tr.resume()
-    tr.fit()
-    loss = [[r["step"], r["sft_loss"]] for r in tr.history if r.get("split") == "train" and "sft_loss" in r]
-    return model, {"set": set_summary(rows), "loss_curve": loss, "train_s": time.perf_counter() - t0,
-                   "resumed": bool(resumed)}
+    job = TrainJob(SFT_JOB, {"cfg": cfg.to_dict(), "arm": arm, "seed": seed, "base": str(base), "out": str(out),
+                             "progress": progress})
+    run = launch(job, nproc=nproc)
+    model = run.model
+    if model is None:  # trained in other processes: its final checkpoint
+        model = new_model()
+        load_weights(model, out)
+    loss = [[r["step"], r["sft_loss"]] for r in run.history if r.get("split") == "train" and "sft_loss" in r]
+    return model, {"set": run.info["set"], "loss_curve": loss, "train_s": time.perf_counter() - t0,
+                   "resumed": bool(run.resumed)}
 
 
 def _direct(model, tok, items) -> list[Episode]:
@@ -178,7 +200,7 @@ def evaluate_arm(cfg: SFTConfig, arm: str, model, evals: dict[str, list], tool) 
 
 def run_arm(cfg: SFTConfig, arm: str, seed: int | None, runs_dir: Path | None = None,
             results_dir: Path | None = None, force: bool = False, log=print, progress: bool = False,
-            base: Path | None = None) -> dict[str, Any]:
+            base: Path | None = None, nproc: int = 1) -> dict[str, Any]:
     """One arm (one seed for trained arms; ``seed`` None otherwise) from ``base`` (default: chapter 05's run, see
     :func:`base_checkpoint`); reuses a saved result made with the same config key from the same checkpoint."""
     if (arm in TRAINED_ARMS) != (seed is not None):
@@ -198,7 +220,7 @@ def run_arm(cfg: SFTConfig, arm: str, seed: int | None, runs_dir: Path | None = 
     model = None
     if arm in TRAINED_ARMS:
         out = _runs_root(cfg, runs_dir) / f"{arm}-s{seed}"
-        model, record = sft_train(cfg, arm, seed, base, out, progress)
+        model, record = sft_train(cfg, arm, seed, base, out, progress, nproc)
     elif arm == "no_sft":
         model = new_model()
         load_weights(model, base)
@@ -227,9 +249,9 @@ def _jobs(cfg: SFTConfig) -> list[tuple[str, int | None]]:
     return jobs
 
 
-def _job(cfg, arm, seed, runs_dir, results_dir, force, threads, base):
+def _job(cfg, arm, seed, runs_dir, results_dir, force, threads, base, nproc=1):
     torch.set_num_threads(threads)
-    return run_arm(cfg, arm, seed, runs_dir, results_dir, force, base=base)
+    return run_arm(cfg, arm, seed, runs_dir, results_dir, force, base=base, nproc=nproc)
 
 
 def blind_by_skill(cfg: SFTConfig) -> dict[str, float]:
@@ -238,18 +260,19 @@ def blind_by_skill(cfg: SFTConfig) -> dict[str, float]:
 
 
 def run_experiment(cfg: SFTConfig, runs_dir: Path | None = None, results_dir: Path | None = None,
-                   workers: int = 1, force: bool = False, log=print) -> dict[str, Any]:
-    """Every arm x seed (trained arms in ``workers`` processes, one torch thread each), then the summary."""
+                   workers: int = 1, force: bool = False, log=print, nproc: int = 1) -> dict[str, Any]:
+    """Every arm x seed (trained arms in ``workers`` processes, one torch thread each), then the summary.
+    ``nproc`` > 1: each SFT trains data parallel under torchrun with that many processes."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     t0 = time.perf_counter()
     base = base_checkpoint(cfg, runs_dir, log)
     jobs = _jobs(cfg)
     if workers == 1:
-        results = [run_arm(cfg, a, s, runs_dir, results_dir, force, log, base=base) for a, s in jobs]
+        results = [run_arm(cfg, a, s, runs_dir, results_dir, force, log, base=base, nproc=nproc) for a, s in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            futs = [ex.submit(_job, cfg, a, s, runs_dir, results_dir, force, 1, base) for a, s in jobs]
+            futs = [ex.submit(_job, cfg, a, s, runs_dir, results_dir, force, 1, base, nproc) for a, s in jobs]
             results = [f.result() for f in futs]
     summary = summarise(cfg, results)
     return write_result(summary_file(cfg, results_dir), summary, experiment=EXPERIMENT, package=PACKAGE,

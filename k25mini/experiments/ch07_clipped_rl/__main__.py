@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--scale", default=None, help="smoke | cpu | gpu (default: K25_SCALE)")
     ap.add_argument("--runs-dir", default=None, help="where base checkpoints live or are trained (default runs/)")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="the toggle part's SFT base data parallel on this many processes (torchrun -m k25mini.train)")
     ap.add_argument("--part", choices=("all", "table2", "mismatch", "toggle"), default="all")
     a = ap.parse_args(argv)
     over = {"seeds": tuple(a.seeds)} if a.seeds else {}
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.part in ("all", "mismatch"):
         run_mismatch(mismatch_config(a.scale, **over), runs_dir=a.runs_dir, workers=a.workers, force=a.force)
     if a.part in ("all", "toggle"):
-        run_toggle(toggle_config(a.scale, **over), runs_dir=a.runs_dir, workers=a.workers, force=a.force)
+        run_toggle(toggle_config(a.scale, **over), runs_dir=a.runs_dir, workers=a.workers, force=a.force,
+                   nproc=a.nproc)
     print(section(scale=cfg.scale))
     print("docs/reproduction.md: run `python -m k25mini.report` to regenerate it")
     return 0

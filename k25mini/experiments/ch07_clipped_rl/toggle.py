@@ -31,6 +31,7 @@ last iteration, per seed and mean ± std.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -58,8 +59,10 @@ from k25mini.rl.toggle import TOGGLE_MODES, Toggle, budgets_from_lengths
 from k25mini.scale import current_scale, pick, validate_scale
 from k25mini.sft.data import sft_batch, sft_loss
 from k25mini.sft.worked import WORKED_STYLES, response_style, worked_reward, worked_trajectory
-from k25mini.train import TrainConfig, Trainer, latest_checkpoint, load_weights
+from k25mini.train import TrainConfig, latest_checkpoint, load_weights
 from k25mini.train.checkpoint import resolve_checkpoint
+from k25mini.train.data import shard_rows_with_media
+from k25mini.train.job import JobParts, TrainJob, config_from_dict, launch
 from k25mini.world import Item, World
 from k25mini.world.rng import rng_for
 
@@ -219,31 +222,43 @@ def _sft_root(cfg: ToggleConfig, runs_dir: Path | None) -> Path:
     return (Path(runs_dir) if runs_dir is not None else ROOT / "runs") / "rl_toggle_sft" / cfg.scale / cfg.sft_key()
 
 
-def toggle_base(cfg: ToggleConfig, runs_dir: Path | None = None, log=print) -> Path:
-    """The worked-solution SFT checkpoint every RL run starts from (trained, resumably, when missing)."""
+#: the job builder of the worked-solution SFT (``python -m k25mini.train --job TOGGLE_SFT_JOB --job-args ...``)
+TOGGLE_SFT_JOB = "k25mini.experiments.ch07_clipped_rl.toggle:toggle_sft_job"
+
+
+def toggle_sft_job(cfg: dict[str, Any], start: str, out: str) -> JobParts:
+    """The worked-solution SFT as a job of the training entry point: from ``start`` (chapter 06's checkpoint),
+    vision tower frozen."""
+    c = config_from_dict(ToggleConfig, cfg)
+    tok, rows = Tokenizer(), sft_rows(c)
+    torch.manual_seed(c.sft_seed)
+    model = new_model()
+    load_weights(model, start)
+    for p in model.vision_tower.parameters():
+        p.requires_grad_(False)
+    order = np.random.default_rng([c.sft_seed, 7708]).permutation(c.sft_steps * c.sft_batch) % len(rows)
+
+    def batch_at(i: int) -> dict[str, Any]:
+        idx = order[i * c.sft_batch : (i + 1) * c.sft_batch]
+        return sft_batch([rows[int(k)] for k in idx], tok, model.media_token_counts)
+
+    tc = TrainConfig(steps=c.sft_steps, lr=c.sft_lr, warmup_steps=min(50, c.sft_steps), optimizer="muonclip",
+                     seed=c.sft_seed, out_dir=str(out), ckpt_every=max(c.sft_steps // 2, 1), keep_last=1,
+                     log_every=max(c.sft_steps // 20, 1))
+    return JobParts(model, sft_loss, batch_at, tc,
+                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
+                                               pad_id=model.pad_id))
+
+
+def toggle_base(cfg: ToggleConfig, runs_dir: Path | None = None, log=print, nproc: int = 1) -> Path:
+    """The worked-solution SFT checkpoint every RL run starts from (trained, resumably, when missing, through the
+    training entry point: :func:`toggle_sft_job`; ``nproc`` > 1: data parallel under torchrun)."""
     out = _sft_root(cfg, runs_dir)
     if finished(out, cfg.sft_steps):
         return resolve_checkpoint(latest_checkpoint(out / "checkpoints"))
     start = base_checkpoint(rl_config(cfg.scale, sft_seed=cfg.sft_seed), runs_dir, log)
     log(f"worked-solution SFT ({cfg.sft_steps} steps) from {start}")
-    tok, rows = Tokenizer(), sft_rows(cfg)
-    torch.manual_seed(cfg.sft_seed)
-    model = new_model()
-    load_weights(model, start)
-    for p in model.vision_tower.parameters():
-        p.requires_grad_(False)
-    order = np.random.default_rng([cfg.sft_seed, 7708]).permutation(cfg.sft_steps * cfg.sft_batch) % len(rows)
-
-    def batch_at(i: int) -> dict[str, Any]:
-        idx = order[i * cfg.sft_batch : (i + 1) * cfg.sft_batch]
-        return sft_batch([rows[int(k)] for k in idx], tok, model.media_token_counts)
-
-    tc = TrainConfig(steps=cfg.sft_steps, lr=cfg.sft_lr, warmup_steps=min(50, cfg.sft_steps), optimizer="muonclip",
-                     seed=cfg.sft_seed, out_dir=str(out), ckpt_every=max(cfg.sft_steps // 2, 1), keep_last=1,
-                     log_every=max(cfg.sft_steps // 20, 1))
-    tr = Trainer(model, sft_loss, batch_at, tc)
-    tr.resume()
-    tr.fit()
+    launch(TrainJob(TOGGLE_SFT_JOB, {"cfg": cfg.to_dict(), "start": str(start), "out": str(out)}), nproc=nproc)
     ck = latest_checkpoint(out / "checkpoints")
     if ck is None:  # pragma: no cover - fit saves a final checkpoint
         raise RuntimeError(f"no checkpoint under {out}")
@@ -415,13 +430,14 @@ def _job(cfg, mode, seed, base, results_dir, force, threads, scope="task", budge
 
 
 def run_toggle(cfg: ToggleConfig, runs_dir: Path | None = None, results_dir: Path | None = None, workers: int = 1,
-               force: bool = False, log=print) -> dict[str, Any]:
-    """The worked-solution SFT base, the base's scores and every (mode, seed) RL run, then the summary."""
+               force: bool = False, log=print, nproc: int = 1) -> dict[str, Any]:
+    """The worked-solution SFT base, the base's scores and every (mode, seed) RL run, then the summary.
+    ``nproc`` > 1: the SFT base trains data parallel under torchrun with that many processes."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     t0 = time.perf_counter()
     torch.set_num_threads(1)  # one thread, as every worker: two threads on a busy machine are slower than one
-    base = toggle_base(cfg, runs_dir, log)
+    base = toggle_base(cfg, runs_dir, log, nproc)
     pb = prompt_budgets(cfg, _load(base)) if "prompt" in cfg.scopes else None
     jobs: list[tuple[str | None, int | None, str]] = [(None, None, "task")] + [
         (m, s, sc) for sc in cfg.scopes for s in cfg.seeds for m in cfg.modes]
