@@ -6,7 +6,8 @@ Every experiment writes ``results/<name>.json`` (and per-run files under ``resul
     {"schema": 2, "experiment": NAME, ..., "provenance": {
         "git_commit": "<sha or null>", "git_dirty": bool | null,
         "source_hash": "<12 hex>",      # the experiment's sources + every k25mini module they import
-        "torch": "2.13.0", "threads": 2, "wall_s": 123.4, "written_at": "2026-12-03T20:01:02Z"}}
+        "torch": "2.13.0", "numpy": "2.4.6", "python": "3.11.7",    # the environment (see docs/reliability.md)
+        "threads": 2, "wall_s": 123.4, "written_at": "2026-12-03T20:01:02Z"}}
 
 ``source_hash`` hashes the *code* (docstrings and comments stripped, so prose edits do not count) of the
 experiment's package and of every ``k25mini`` module it imports, transitively. :func:`staleness` compares a
@@ -23,11 +24,13 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["ROOT", "RESULTS_DIR", "SCHEMA_VERSION", "results_dir", "write_json", "read_json", "source_files",
@@ -187,7 +190,8 @@ def code_version(package: str) -> dict[str, Any]:
 
 def provenance(package: str, wall_s: float | None = None) -> dict[str, Any]:
     """Everything a result needs to say which code, library and machine made it."""
-    return {**code_version(package), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {**code_version(package), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
             "wall_s": None if wall_s is None else round(float(wall_s), 2),
             "written_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 

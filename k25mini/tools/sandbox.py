@@ -252,6 +252,20 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def _zombie_children(parent: int) -> int:
+    """How many exited, unreaped children ``parent`` has (they still count against RLIMIT_NPROC)."""
+    n = 0
+    for p in _pids():
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            n += fields[0] == b"Z" and int(fields[1]) == parent
+        except (OSError, ValueError, IndexError):
+            continue
+    return n
+
+
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
@@ -441,6 +455,42 @@ import numpy as np
 exec(compile(open({helpers!r}).read(), 'k25mini_helpers', 'exec'))
 del HELPERS
 print(end='', flush=True); print(end='', file=sys.stderr, flush=True)  # start ipykernel's lazy output threads
+
+
+def _k25_fork_guard():
+    # A process forked by the code is a copy of the kernel, sockets included. If its copy of the cell ends
+    # (normally or with an exception, e.g. EAGAIN in a fork bomb) it would return into the kernel's loop and
+    # read and write the parent's messaging sockets, which can leave the parent waiting for a request that a
+    # child consumed. A forked copy therefore exits as soon as its cell is over.
+    import os
+    shell = get_ipython()
+    master = os.getpid()
+    show = shell.showtraceback
+
+    def showtraceback(*a, **k):
+        if os.getpid() != master:
+            os._exit(1)
+        return show(*a, **k)
+
+    def after_cell(*a, **k):
+        if os.getpid() != master:
+            os._exit(0)
+
+    shell.showtraceback = showtraceback
+    shell.events.register("post_run_cell", after_cell)
+    hook = shell.displayhook
+    start = hook.start_displayhook
+
+    def start_displayhook(*a, **k):
+        if os.getpid() != master:
+            os._exit(0)
+        return start(*a, **k)
+
+    hook.start_displayhook = start_displayhook
+
+
+_k25_fork_guard()
+del _k25_fork_guard
 """
 
 
@@ -894,7 +944,10 @@ class CodeTool:
             n = k.spawn.kill_strays()
             if n:
                 notes.append(f"stopped {n} background process(es) left by this call")
-                k.execute(_REAP, self.limits.start_timeout_s)  # zombies would still count against RLIMIT_NPROC
+            if n or (k.alive() and _zombie_children(k.proc.pid)):  # e.g. forked copies that exited on their own
+                reap = k.execute(_REAP, self.limits.start_timeout_s)  # zombies would count against RLIMIT_NPROC
+                if reap["status"] != "ok" or reap["hung"] or not k.alive():
+                    restart_why = "the kernel stopped answering after its background processes were stopped"
         restarted = False
         if restart_why is not None:
             k.close()

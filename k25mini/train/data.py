@@ -17,12 +17,14 @@ same data as a 1-rank run); with ``shard_batch=False`` the source must return th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["shard_rows_with_media", "StatefulBatches", "BatchSource", "as_batch_source", "shard_batch", "to_device"]
+__all__ = ["shard_rows_with_media", "media_shard_fn", "StatefulBatches", "BatchSource", "as_batch_source",
+           "shard_batch", "to_device"]
 
 
 @runtime_checkable
@@ -126,6 +128,17 @@ def shard_rows_with_media(batch: dict[str, Any], rank: int, world_size: int, cou
     n = rows // world_size
     out[media_key] = [m for m, r in zip(media, owner) if rank * n <= r < (rank + 1) * n]
     return out
+
+
+def media_shard_fn(model: Any, media_key: str = "media", ids_key: str = "input_ids") -> Callable[..., dict[str, Any]]:
+    """The ``shard_fn`` for packed multimodal batches of ``model`` (anything with ``media_token_counts`` and
+    ``pad_id``, e.g. :class:`k25mini.model.K25ForConditionalGeneration`): :func:`shard_rows_with_media` with the
+    model's media-token counts and pad id bound."""
+    for attr in ("media_token_counts", "pad_id"):
+        if not hasattr(model, attr):
+            raise ValueError(f"model must have .{attr} to shard multimodal rows; {type(model).__name__} has not")
+    return functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts, pad_id=model.pad_id,
+                             media_key=media_key, ids_key=ids_key)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

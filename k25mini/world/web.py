@@ -293,21 +293,32 @@ def _norm_cell(v: Any) -> str:
     return s
 
 
+_SEPARATOR = re.compile(r"\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?")
+_FENCED = re.compile(r"```markdown(.*?)```", re.DOTALL)
+
+
 def parse_markdown_table(text: Any) -> list[dict[str, str]]:
-    """Rows of the first pipe table in ``text`` (header + ``---`` line + rows); [] if there is none."""
+    """Rows of the first pipe table in ``text``: a header line, a separator line of ``-`` cells (any number of
+    dashes, optional ``:`` alignment: ``|-|``, ``| --- |``, ``|:-:|``), then rows until a line without ``|``;
+    further separator-only lines among the rows are skipped. A fenced ```` ```markdown ```` block, if there is
+    one, is read first (WideSearch's extractor does the same). [] if there is no table."""
     if not isinstance(text, str):
         return []
-    lines = [ln.strip() for ln in text.splitlines()]
-    for i in range(len(lines) - 1):
-        if "|" in lines[i] and re.fullmatch(r"\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?", lines[i + 1] or "x"):
-            header = [h.strip() for h in lines[i].strip("|").split("|")]
-            rows = []
-            for ln in lines[i + 2 :]:
-                if "|" not in ln:
-                    break
-                cells = [c.strip() for c in ln.strip("|").split("|")]
-                rows.append({h: (cells[j] if j < len(cells) else "") for j, h in enumerate(header)})
-            return rows
+    fenced = _FENCED.findall(text)
+    for block in [*fenced, text] if fenced else [text]:
+        lines = [ln.strip() for ln in block.splitlines()]
+        for i in range(len(lines) - 1):
+            if "|" in lines[i] and not _SEPARATOR.fullmatch(lines[i]) and _SEPARATOR.fullmatch(lines[i + 1] or "x"):
+                header = [h.strip() for h in lines[i].strip("|").split("|")]
+                rows = []
+                for ln in lines[i + 2 :]:
+                    if "|" not in ln:
+                        break
+                    if _SEPARATOR.fullmatch(ln):
+                        continue
+                    cells = [c.strip() for c in ln.strip("|").split("|")]
+                    rows.append({h: (cells[j] if j < len(cells) else "") for j, h in enumerate(header)})
+                return rows
     return []
 
 
@@ -329,7 +340,9 @@ def _as_rows(pred: Any) -> list[dict[str, str]]:
 def score_table(pred: Any, task: WideSearchTask) -> dict[str, float]:
     """WideSearch scoring of a predicted table (markdown string or list of row dicts) against ``task``.
 
-    Columns are matched by normalised name (extra columns ignored; a missing required column scores 0);
+    Columns are matched by normalised name, and as in WideSearch's evaluation a table whose columns are not
+    exactly the required ones (one missing, or one extra) scores 0 (WideSearch first asks an LLM to map
+    differently named columns; there is no judge here, so names must match after normalisation);
     rows are de-duplicated on the key (of rows that share a key but disagree, the worst-scoring one counts, so
     the result is invariant to row order) and inner-joined with the gold rows on it; a cell scores 1 on an
     exact normalised match (key cells 1 by the join). Item P/R = summed cell scores over
@@ -355,8 +368,8 @@ def score_table(pred: Any, task: WideSearchTask) -> dict[str, float]:
         by_key: dict[tuple, list[list[str]]] = {}
         for r in _as_rows(pred):
             nr = {_norm_col(k): _norm_cell(v) for k, v in r.items()}
-            if not all(c in nr for c in cols):
-                return zero  # a required column is missing (WideSearch: column mismatch -> 0)
+            if set(nr) != set(cols):
+                return zero  # a required column is missing or an extra one present (WideSearch: mismatch -> 0)
             by_key.setdefault(tuple(nr[k] for k in keys), []).append([nr[c] for c in cols])
         if not by_key or not gold:
             return zero

@@ -1,7 +1,9 @@
 """Results I/O: atomic writes, the schema stamp, the code version and the stale flag."""
 
 import json
+import platform
 
+import numpy as np
 import pytest
 
 from k25mini.experiments import results as R
@@ -17,6 +19,7 @@ def test_write_result_stamps_schema_and_provenance(tmp_path):
     p = disk["provenance"]
     assert p["source_hash"] == R.source_hash(PKG) and len(p["source_hash"]) == 12
     assert p["wall_s"] == 3.14 and p["threads"] >= 1 and p["torch"]
+    assert p["numpy"] == np.__version__ and p["python"] == platform.python_version()  # the environment too
     assert not list((tmp_path / "a").glob(".*tmp"))  # no temporary left behind
     assert R.staleness(disk, PKG) is None
     with pytest.raises(ValueError, match="payload"):

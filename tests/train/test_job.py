@@ -215,3 +215,18 @@ def test_shard_rows_with_media_rejects_batches_that_do_not_line_up():
         shard_rows_with_media({**batch, "media": ["a", "c", "b"]}, 0, 2, counts, pad)
     with pytest.raises(ValueError, match="input_ids"):
         shard_rows_with_media({**batch, "input_ids": batch["input_ids"][0]}, 0, 2, counts, pad)
+
+
+def test_media_shard_fn_binds_the_models_counts_and_pad():
+    from types import SimpleNamespace
+
+    from k25mini.train.data import media_shard_fn
+
+    batch, counts, pad = _media_batch()
+    fn = media_shard_fn(SimpleNamespace(media_token_counts=counts, pad_id=pad))
+    assert fn(batch, 1, 2)["media"] == ["c"]
+    assert [fn(batch, r, 4)["media"] for r in range(4)] == [["a", "b"], [], ["c"], []]
+    with pytest.raises(ValueError, match="media_token_counts"):
+        media_shard_fn(SimpleNamespace(pad_id=pad))
+    with pytest.raises(ValueError, match="pad_id"):
+        media_shard_fn(SimpleNamespace(media_token_counts=counts))

@@ -160,11 +160,35 @@ def test_hand_computed_partial_tables():
 
 def test_formatting_noise_is_tolerated():
     md = (
-        "Here you go:\n\n| Name | **Region** | Weight | Colour |\n|:---|---|---:|---|\n"
-        "| bolo | North | 12 kg | red |\n| Kira | east | 7.0 | blue |\n\nDone."
+        "Here you go:\n\n| Name | **Region** | Weight |\n|:---|---|---:|\n"
+        "| bolo | North | 12 kg |\n| Kira | east | 7.0 |\n\nDone."
     )
     r = score_table(md, GOLD)
-    assert r["success"] == 1.0 and r["item_f1"] == 1.0  # case, units, 7.0, extra column, bold header
+    assert r["success"] == 1.0 and r["item_f1"] == 1.0  # case, units, 7.0, bold header, alignment colons
+
+
+def test_extra_or_missing_column_scores_zero_as_in_widesearch():
+    extra = table_to_markdown([{**r, "colour": "red"} for r in GOLD.rows], GOLD.columns + ["colour"])
+    assert score_table(extra, GOLD)["item_f1"] == 0.0
+    assert score_table([{**r, "colour": "red"} for r in GOLD.rows], GOLD)["item_f1"] == 0.0
+    assert score_table(table_to_markdown(GOLD.rows, GOLD.columns[:2]), GOLD)["item_f1"] == 0.0
+    # the same columns in another order are the same table
+    assert score_table(table_to_markdown(GOLD.rows, GOLD.columns[::-1]), GOLD)["success"] == 1.0
+
+
+@pytest.mark.parametrize("sep", ["|-|-|-|", "| - | - | - |", "|:-:|:-|-:|", "---|---|---", "| --- | --- | --- |"])
+def test_separator_rows_of_single_dashes_and_colons(sep):
+    md = "| name | region | weight |\n" + sep + "\n| Bolo | north | 12 |\n| Kira | east | 7 |"
+    assert parse_markdown_table(md) == [{"name": "Bolo", "region": "north", "weight": "12"},
+                                        {"name": "Kira", "region": "east", "weight": "7"}]
+    assert score_table(md, GOLD)["success"] == 1.0
+
+
+def test_fenced_markdown_block_is_read_first_and_inner_separators_skipped():
+    md = ("draft: | name | x |\n|---|---|\n| a | b |\n\n```markdown\n| name | region | weight |\n|-|-|-|\n"
+          "| Bolo | north | 12 |\n|---|---|---|\n| Kira | east | 7 |\n```")
+    assert [r["name"] for r in parse_markdown_table(md)] == ["Bolo", "Kira"]
+    assert score_table(md, GOLD)["success"] == 1.0
 
 
 def test_duplicates_count_once():

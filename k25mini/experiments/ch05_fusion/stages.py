@@ -23,7 +23,6 @@ under ``runs/fusion/<scale>/``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import multiprocessing as mp
@@ -63,7 +62,7 @@ from k25mini.pretrain.evaluate import teacher_forced_exact
 from k25mini.pretrain.fusion_schedule import SCHEDULES, FusionSchedule, schedule_for_share, token_plan
 from k25mini.pretrain.packing import IGNORE, MixedPacker, PackedStep
 from k25mini.train import TrainConfig, latest_checkpoint, load_weights
-from k25mini.train.data import shard_rows_with_media
+from k25mini.train.data import media_shard_fn
 from k25mini.train.job import JobParts, JobRun, TrainJob, config_from_dict, launch
 from k25mini.world import TEXT_CORPORA, VISION_CORPORA, World
 
@@ -265,8 +264,7 @@ def stage_job(cfg: dict[str, Any], stage: str, out: str, init: str | None = None
 
 def _parts(model, steps: list[PackedStep], tc: TrainConfig, **kw: Any) -> JobParts:
     return JobParts(model, lm_loss, lambda i: batch_from(steps[i]), tc, **kw,
-                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
-                                               pad_id=model.pad_id))
+                    shard_fn=media_shard_fn(model))
 
 
 def joint_schedule(cfg: FusionConfig, schedule: str) -> FusionSchedule:

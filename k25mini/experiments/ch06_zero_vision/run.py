@@ -17,7 +17,6 @@ weights. Every model-written program runs in :class:`k25mini.tools.CodeTool`; re
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -52,7 +51,7 @@ from k25mini.sft.rollout import Episode, episode_stats, oracle_answers, solve_wi
 from k25mini.tools import CodeTool
 from k25mini.train import TrainConfig, latest_checkpoint, load_weights
 from k25mini.train.checkpoint import resolve_checkpoint
-from k25mini.train.data import shard_rows_with_media
+from k25mini.train.data import media_shard_fn
 from k25mini.train.job import JobParts, TrainJob, config_from_dict, launch
 from k25mini.world import World, make_eval_suite, score
 from k25mini.world.rng import rng_for
@@ -146,8 +145,7 @@ def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progr
                      seed=seed, out_dir=str(out), ckpt_every=max(c.steps // 2, 1), keep_last=1,
                      log_every=max(c.steps // 20, 1), progress=progress)
     return JobParts(model, sft_loss, batch_at, tc, info={"set": set_summary(rows)},
-                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
-                                               pad_id=model.pad_id))
+                    shard_fn=media_shard_fn(model))
 
 
 def sft_train(cfg: SFTConfig, arm: str, seed: int, base: Path, out: Path, progress: bool = False, nproc: int = 1

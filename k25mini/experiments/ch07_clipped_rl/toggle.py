@@ -31,7 +31,6 @@ last iteration, per seed and mean ± std.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import time
@@ -61,7 +60,7 @@ from k25mini.sft.data import sft_batch, sft_loss
 from k25mini.sft.worked import WORKED_STYLES, response_style, worked_reward, worked_trajectory
 from k25mini.train import TrainConfig, latest_checkpoint, load_weights
 from k25mini.train.checkpoint import resolve_checkpoint
-from k25mini.train.data import shard_rows_with_media
+from k25mini.train.data import media_shard_fn
 from k25mini.train.job import JobParts, TrainJob, config_from_dict, launch
 from k25mini.world import Item, World
 from k25mini.world.rng import rng_for
@@ -246,8 +245,7 @@ def toggle_sft_job(cfg: dict[str, Any], start: str, out: str) -> JobParts:
                      seed=c.sft_seed, out_dir=str(out), ckpt_every=max(c.sft_steps // 2, 1), keep_last=1,
                      log_every=max(c.sft_steps // 20, 1))
     return JobParts(model, sft_loss, batch_at, tc,
-                    shard_fn=functools.partial(shard_rows_with_media, counts_fn=model.media_token_counts,
-                                               pad_id=model.pad_id))
+                    shard_fn=media_shard_fn(model))
 
 
 def toggle_base(cfg: ToggleConfig, runs_dir: Path | None = None, log=print, nproc: int = 1) -> Path:
