@@ -37,6 +37,7 @@ from k25mini.sft.trajectories import (
     run_programs,
     text_twin,
     visual_trajectory,
+    with_system,
 )
 from k25mini.world import TEXT_CORPORA, World, corpus_item
 from k25mini.world.rng import rng_for
@@ -61,9 +62,12 @@ def _check_int(name: str, v: Any, lo: int) -> int:
 
 def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: float = 0.4,
                   visual_share: float = 0.25, visual_skills: Sequence[str] = ("count", "compare"),
-                  contexts: Sequence[str] = ("describe", "none", "stub"), runner=local_runner) -> list[Trajectory]:
+                  contexts: Sequence[str] = ("describe", "none", "stub"), runner=local_runner,
+                  system: str = "") -> list[Trajectory]:
     """``n`` trajectories for ``arm`` (see the module docstring), deterministic in (world, arm-independent
-    draws, ``seed``): both arms share every text row; ``text_visual`` swaps some tool rows for visual ones."""
+    draws, ``seed``): both arms share every text row; ``text_visual`` swaps some tool rows for visual ones.
+    ``system`` (e.g. :data:`~k25mini.sft.trajectories.TOOLS_SYSTEM`) goes before the prompt of every row but the
+    replayed documents: the tool is available in every conversation of the set."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     n = _check_int("n", n, 1)
@@ -115,6 +119,8 @@ def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: f
                     break
     for t in rows:
         t.meta.pop("image_item", None)
+        if t.meta.get("kind") != "document":
+            t.item = with_system(t.item, system)
     order = np.random.default_rng([world.seed, seed, 7]).permutation(len(rows))
     return [rows[int(k)] for k in order]
 

@@ -24,7 +24,7 @@ from k25mini.data.tokenizer import Tokenizer
 from k25mini.pretrain.docs import prompt_ids
 from k25mini.pretrain.evaluate import NEWLINE, greedy_generate
 from k25mini.sft.programs import palette_setup, program_for
-from k25mini.sft.trajectories import parse_code_call, result_text
+from k25mini.sft.trajectories import parse_code_call, result_text, with_system
 from k25mini.world import Item
 
 __all__ = ["Episode", "solve_with_tool", "oracle_answers", "episode_stats"]
@@ -70,8 +70,9 @@ def _run_call(tool, item: Item, code: str) -> Any:
 
 def solve_with_tool(model, tok: Tokenizer, items: Sequence[Item], tool, max_calls: int = 2,
                     max_new_tokens: int = 320, batch_size: int = 32,
-                    on_call: Callable[[Item, str, Any], None] | None = None) -> list[Episode]:
-    """Roll every item out with the code tool (see the module docstring); one :class:`Episode` per item."""
+                    on_call: Callable[[Item, str, Any], None] | None = None, system: str = "") -> list[Episode]:
+    """Roll every item out with the code tool (see the module docstring); one :class:`Episode` per item.
+    ``system`` goes before every prompt (the tool declaration the model was trained with, if any)."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
         raise ValueError("items must be a non-empty sequence of eval items")
     if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 0:
@@ -80,7 +81,7 @@ def solve_with_tool(model, tok: Tokenizer, items: Sequence[Item], tool, max_call
     call_end = tok.special_tokens[fmt.call_end]
     call_begin = tok.special_tokens[fmt.call_begin]
     stops = {tok.eos_id: False, NEWLINE: False, call_end: True}
-    base = [prompt_ids(it, tok, model.media_token_counts) for it in items]
+    base = [prompt_ids(with_system(it, system), tok, model.media_token_counts) for it in items]
     extra: list[list[int]] = [[] for _ in items]
     eps = [Episode() for _ in items]
     active = list(range(len(items)))

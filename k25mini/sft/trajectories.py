@@ -47,6 +47,8 @@ __all__ = [
     "describe_media",
     "text_twin",
     "CONTEXTS",
+    "TOOLS_SYSTEM",
+    "with_system",
     "visual_trajectory",
     "direct",
     "document",
@@ -157,6 +159,20 @@ def _kernel_arrays(item: Item) -> tuple[np.ndarray | None, np.ndarray | None]:
         raise ValueError(f"a tool question holds exactly one image or video, got {len(item.images)}")
     a = item.images[0]
     return (None, a) if a.ndim == 4 else (a, None)
+
+
+#: a system turn that declares the code tool, put before every question of a conversation where the tool is
+#: available: SFT rows (documents excepted) and the prompts of a rollout with the tool. Pre-training never shows
+#: it, so it marks "assistant with a python tool", whatever the question's modality
+TOOLS_SYSTEM = "<|im_system|>tools: python<|im_end|>"
+
+
+def with_system(item: Item, system: str) -> Item:
+    """``item`` with ``system`` before its prompt (the same item when ``system`` is empty); images and meta are
+    shared, not copied."""
+    if not isinstance(system, str):
+        raise ValueError(f"system must be a str, got {type(system).__name__}")
+    return item if not system else Item(item.suite, system + item.prompt, item.images, item.answer, item.meta)
 
 
 CONTEXTS = ("describe", "none", "stub")

@@ -128,6 +128,17 @@ def test_solve_with_tool_loop(monkeypatch, model, tok, items):
     assert st["code_error_rate"] == 0.0 and st["steps_per_answer"] == pytest.approx(5 / 3)
 
 
+def test_system_turn_prefixes_every_prompt(monkeypatch, model, tok, items):
+    from k25mini.sft.trajectories import TOOLS_SYSTEM, with_system
+
+    turns = [["1"], ["2"], ["3"]]
+    base, seen = _scripted(monkeypatch, tok, turns)
+    base.extend(prompt_ids(with_system(it, TOOLS_SYSTEM), tok, model.media_token_counts) for it in items)
+    eps = solve_with_tool(model, tok, items, FakeTool([]), system=TOOLS_SYSTEM)
+    assert [e.answer for e in eps] == ["1", "2", "3"]
+    assert all(p.startswith("<|bos|>" + TOOLS_SYSTEM + "<|media_begin|>") for p in seen[0])
+
+
 def test_calls_are_capped_and_errors_counted(monkeypatch, model, tok, items):
     turns = [["x" + call_text("1/0")], [call_text("print(1)"), call_text("print(2)"), "2"], []]
     base, _ = _scripted(monkeypatch, tok, turns)

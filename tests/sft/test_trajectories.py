@@ -165,6 +165,30 @@ def test_sft_sets(world):
     assert {t.meta.get("style") for t in zv if t.uses_tool} == {"concise", "verbose"}
 
 
+def test_sft_set_system_turn(world, tok):
+    """``system`` goes before every question row (tool, direct, visual), never before a replayed document; the rows
+    are otherwise the same, and the encoded prompt starts with the system turn's special tokens."""
+    from k25mini.sft.trajectories import TOOLS_SYSTEM, with_system
+
+    plain = build_sft_set(world, "text_visual", 60, seed=2)
+    sys_rows = build_sft_set(world, "text_visual", 60, seed=2, system=TOOLS_SYSTEM)
+    assert len(plain) == len(sys_rows)
+    for a, b in zip(plain, sys_rows):
+        if a.meta["kind"] == "document":
+            assert b.item.prompt == a.item.prompt
+        else:
+            assert b.item.prompt == TOOLS_SYSTEM + a.item.prompt and len(b.item.images) == len(a.item.images)
+            assert all((x == y).all() for x, y in zip(a.item.images, b.item.images))
+        assert (b.code, b.result, b.item.answer) == (a.code, a.result, a.item.answer)
+    assert {t.meta["source"] for t in sys_rows if t.item.prompt.startswith(TOOLS_SYSTEM)} >= {"text_twin", "visual"}
+    ids, train, _ = encode_trajectory(next(t for t in sys_rows if t.uses_tool), tok, lambda im: [4])
+    assert ids[1] == tok.special_tokens["<|im_system|>"] and not any(train[:8])
+    it = plain[0].item
+    assert with_system(it, "") is it
+    with pytest.raises(ValueError, match="system must be a str"):
+        with_system(it, None)
+
+
 @pytest.mark.parametrize("kw, msg", [({"arm": "both"}, "arm must be"), ({"n": 0}, "n must be"),
                                      ({"replay_share": 1.0}, "replay_share"),
                                      ({"visual_skills": ("ocr",)}, "visual_skills")])

@@ -50,6 +50,10 @@ class SFTConfig:
     visual_skills: tuple[str, ...] = ("count", "compare")
     # how text twins show (or not) the picture: a text description, nothing, or an empty media block (no pixels)
     contexts: tuple[str, ...] = ("describe", "none", "stub")
+    # a system turn before every SFT question and every prompt of arms (b) and (c) at test time, e.g.
+    # k25mini.sft.trajectories.TOOLS_SYSTEM; "" = none (the committed design: the dev try with TOOLS_SYSTEM did not
+    # raise the tool-call rate, docs/zero_vision_sft.md)
+    system: str = ""
     eval_split: str = "eval"  # "dev": items from the train split, for trying designs without touching eval items
     eval_per_skill: int = 40
     text_eval_items: int = 128
@@ -71,6 +75,8 @@ class SFTConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.eval_split not in ("eval", "dev"):
             raise ValueError(f"eval_split must be 'eval' or 'dev', got {self.eval_split!r}")
+        if not isinstance(self.system, str):
+            raise ValueError(f"system must be a str (\"\" for none), got {self.system!r}")
         bad = [a for a in self.arms if a not in ARMS]
         if not self.arms or bad:
             raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {list(self.arms)}")

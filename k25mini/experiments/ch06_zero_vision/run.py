@@ -129,7 +129,8 @@ def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progr
     if arm not in TRAINED_ARMS:
         raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
     world, tok = World(0, scale=c.scale), Tokenizer()
-    rows = build_sft_set(world, arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, c.contexts)
+    rows = build_sft_set(world, arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, c.contexts,
+                         system=c.system)
     torch.manual_seed(seed)
     model = new_model()
     load_weights(model, base)
@@ -184,7 +185,7 @@ def evaluate_arm(cfg: SFTConfig, arm: str, model, evals: dict[str, list], tool) 
                 continue
             eps = oracle_answers(items, tool)
         else:
-            eps = solve_with_tool(model, tok, items, tool, cfg.max_calls, cfg.max_new_tokens)
+            eps = solve_with_tool(model, tok, items, tool, cfg.max_calls, cfg.max_new_tokens, system=cfg.system)
         scores = [float(score(it, e.answer)) for it, e in zip(items, eps)]
         other = [e.sandbox for e in eps if e.sandbox and e.sandbox.split(":")[0] != tool.label.split(":")[0]]
         if other:  # pragma: no cover - every call runs under the tool's one mode; anything else is a bug
