@@ -48,6 +48,7 @@ __all__ = [
     "text_twin",
     "CONTEXTS",
     "TOOLS_SYSTEM",
+    "blank_media",
     "with_system",
     "visual_trajectory",
     "direct",
@@ -175,11 +176,21 @@ def with_system(item: Item, system: str) -> Item:
     return item if not system else Item(item.suite, system + item.prompt, item.images, item.answer, item.meta)
 
 
-CONTEXTS = ("describe", "none", "stub")
+CONTEXTS = ("describe", "none", "stub", "blank")
 #: the media markup of an image with no vision tokens in it: the text says "a picture is here", no pixel is shown
 MEDIA_STUB = "<|media_begin|>image<|media_content|><|media_end|>"
 #: the same for a video
 VIDEO_STUB = "<|media_begin|>video<|media_content|><|media_end|>"
+
+
+def blank_media(a: np.ndarray) -> np.ndarray:
+    """An image (or video) of the same shape as ``a`` filled with its most frequent colour (the background): vision
+    tokens that say "a picture is here" and carry nothing of what is in it."""
+    if not isinstance(a, np.ndarray) or a.ndim not in (3, 4) or a.shape[-1] != 3:
+        raise ValueError(f"expected an [H, W, 3] image or [T, H, W, 3] video, got {getattr(a, 'shape', type(a))}")
+    px = a.reshape(-1, 3)
+    colours, counts = np.unique(px, axis=0, return_counts=True)
+    return np.broadcast_to(colours[int(np.argmax(counts))], a.shape).astype(a.dtype)
 
 
 def media_stub(item: Item) -> str:
@@ -192,13 +203,17 @@ def text_twin(item: Item, style: str = "concise", context: str = "describe") -> 
     """Zero-vision trajectory: the question in text, the program on the kernel's array (result unset: see
     :func:`run_programs`). ``context="describe"`` puts a text description of the picture before the question;
     ``"none"`` gives the question alone (the picture is only in the kernel); ``"stub"`` the question after an empty
-    media block (markup saying a picture belongs here, with no vision token in it). Questions with no program become
+    media block (markup saying a picture belongs here, with no vision token in it); ``"blank"`` the question after
+    the media block of a *blank* picture of the same size (:func:`blank_media`: vision tokens, but none of the
+    picture's content; a labelled deviation from text-only, docs/zero_vision_sft.md). Questions with no program become
     direct answers from the description (and are refused with ``context="none"``: nothing to answer from)."""
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     q = _strip_media(item.prompt)
-    prompt = {"describe": f"{describe_media(item)} {q}", "none": q, "stub": f"{media_stub(item)}{q}"}[context]
-    text_item = Item(item.suite, prompt, [], item.answer, {**item.meta, "twin_of": item.meta.get("skill")})
+    prompt = {"describe": f"{describe_media(item)} {q}", "none": q, "stub": f"{media_stub(item)}{q}",
+              "blank": item.prompt}[context]
+    shown = [blank_media(a) for a in item.images] if context == "blank" else []
+    text_item = Item(item.suite, prompt, shown, item.answer, {**item.meta, "twin_of": item.meta.get("skill")})
     prog = program_for(item.prompt)
     meta = {"source": "text_twin", "skill": item.meta.get("skill"), "style": style, "context": context}
     if prog is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from k25mini.experiments.ch06_zero_vision.config import ARMS, config_for
@@ -51,6 +52,25 @@ def test_acceptance_needs_every_seed():
     assert c["valid_ok"] and c["text_within_2"] and c["text_delta"]["TextKnow"] == pytest.approx(-0.01)
 
 
+def test_blank_arm_draws_bs_set_with_blank_pictures():
+    from k25mini.experiments.ch06_zero_vision.config import arm_set
+    from k25mini.sft.data import build_sft_set
+    from k25mini.world import World
+
+    cfg = config_for("smoke")
+    assert arm_set(cfg, "zero_vision") == ("zero_vision", cfg.contexts)
+    assert arm_set(cfg, "zero_vision_blank") == ("zero_vision", cfg.blank_contexts) and "blank" in cfg.blank_contexts
+    assert arm_set(cfg, "text_visual") == ("text_visual", cfg.contexts)
+    with pytest.raises(ValueError, match="arm must be"):
+        arm_set(cfg, "no_sft")
+    rows = build_sft_set(World(0, scale="smoke"), *arm_set(cfg, "zero_vision_blank")[:1], 60, 0,
+                         contexts=cfg.blank_contexts)
+    shown = [im for t in rows for im in t.item.images]
+    assert shown and all(len(np.unique(im.reshape(-1, 3), axis=0)) == 1 for im in shown)  # every picture blank
+    assert {t.meta["context"] for t in rows if t.item.images} == {"blank"}
+    assert config_for("smoke").key() != config_for("smoke", blank_contexts=("describe", "blank")).key()
+
+
 def test_smoke_run_of_every_arm(tmp_path):
     strong_mode_or_skip()
     cfg = config_for("smoke", seeds=(0,), eval_per_skill=1, text_eval_items=1)
@@ -59,11 +79,15 @@ def test_smoke_run_of_every_arm(tmp_path):
     assert "TextKnow" not in res["table"]["oracle"]  # the oracle has programs for pictures only
     assert res["sandboxes"] and not any("WEAK" in s for s in res["sandboxes"])
     assert res["sets"]["zero_vision"]["images"] == 0 and res["sets"]["text_visual"]["images"] > 0
+    # (b') draws (b)'s budget (its blank pictures are checked above; too few twins at smoke to reach them)
+    assert res["sets"]["zero_vision_blank"]["rows"] == res["sets"]["zero_vision"]["rows"]
+    assert res["checks_blank"]["text_delta"].keys() == res["checks"]["text_delta"].keys()
     saved = json.loads((tmp_path / "results" / "zero_vision_sft_smoke.json").read_text())
     assert saved["provenance"]["source_hash"] and saved["checks"]["text_delta"].keys() == {"TextKnow", "TextReason",
                                                                                            "Code"}
     md = section(tmp_path / "results", None, "smoke")
     assert "| eval set | blind |" in md and "(d) scripted oracle + tool" in md and "count (twin)" in md
+    assert "(b′) zero-vision + blank picture + tool" in md and "- (b′): vision skills lifted" in md
     # a second call reuses every saved run
     again = run_experiment(cfg, runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", log=lambda m: None)
     assert again["table"] == res["table"]

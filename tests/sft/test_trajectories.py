@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,6 +164,27 @@ def test_sft_sets(world):
     assert all(t.item.meta.get("split") == "train" for t in tv if t.meta["kind"] != "document")
     assert all(t.item.meta["skill"] == "page" for t in tv if t.meta["kind"] == "document")  # pages state facts
     assert {t.meta.get("style") for t in zv if t.uses_tool} == {"concise", "verbose"}
+
+
+def test_blank_context_shows_a_blank_picture_of_the_same_size(world):
+    from k25mini.sft.trajectories import blank_media
+
+    for skill in ("chart", "motion"):
+        it = _item(world, skill)
+        t = text_twin(it, context="blank")
+        (shown,), (real,) = t.item.images, it.images
+        assert t.item.prompt == it.prompt and shown.shape == real.shape and shown.dtype == real.dtype
+        colours, counts = np.unique(real.reshape(-1, 3), axis=0, return_counts=True)
+        assert (shown.reshape(-1, 3) == colours[counts.argmax()]).all()  # one colour: the picture's background
+        assert len(np.unique(real.reshape(-1, 3), axis=0)) > 1  # ... of a picture that had content
+        kernel = t.kernel_frames if skill == "motion" else t.kernel_image
+        assert kernel is real  # the kernel still gets the real array
+    a = np.zeros((4, 4, 3), np.uint8)
+    a[0, 0] = 9
+    assert (blank_media(a) == 0).all()
+    for bad in (np.zeros((4, 4)), np.zeros((4, 4, 4)), [1, 2, 3]):
+        with pytest.raises(ValueError, match="expected an"):
+            blank_media(bad)
 
 
 def test_sft_set_system_turn(world, tok):

@@ -11,7 +11,7 @@ from typing import Any
 from k25mini.scale import current_scale, pick, validate_scale
 from k25mini.sft.data import SFT_DATA_VERSION
 
-__all__ = ["SFTConfig", "config_for", "ARMS", "TRAINED_ARMS", "VISION_SKILLS", "TEXT_SUITES", "PACKAGE",
+__all__ = ["SFTConfig", "config_for", "arm_set", "ARMS", "TRAINED_ARMS", "VISION_SKILLS", "TEXT_SUITES", "PACKAGE",
            "EXPERIMENT", "PAPER"]
 
 #: the module whose code (and everything it imports) stamps chapter 06's results
@@ -19,8 +19,10 @@ PACKAGE = "k25mini.experiments.ch06_zero_vision.run"
 EXPERIMENT = "zero_vision_sft"
 
 #: (a) chapter 05's checkpoint answering directly; (b) zero-vision SFT; (c) text + visual SFT; (d) scripted oracle
-ARMS: tuple[str, ...] = ("no_sft", "zero_vision", "text_visual", "oracle")
-TRAINED_ARMS: tuple[str, ...] = ("zero_vision", "text_visual")
+#: (b') is (b) with a quarter of its text twins shown after a *blank* picture (vision tokens of an empty canvas,
+#: none of the question's content): a labelled deviation from strict text-only SFT (docs/zero_vision_sft.md)
+ARMS: tuple[str, ...] = ("no_sft", "zero_vision", "zero_vision_blank", "text_visual", "oracle")
+TRAINED_ARMS: tuple[str, ...] = ("zero_vision", "zero_vision_blank", "text_visual")
 #: the per-skill vision eval (world skills); VisKnow is ``vis_knowledge``
 VISION_SKILLS: tuple[str, ...] = ("count", "compare", "locate", "chart", "motion", "box", "ocr", "vis_knowledge")
 TEXT_SUITES: tuple[str, ...] = ("TextKnow", "TextReason", "Code")
@@ -50,6 +52,8 @@ class SFTConfig:
     visual_skills: tuple[str, ...] = ("count", "compare")
     # how text twins show (or not) the picture: a text description, nothing, or an empty media block (no pixels)
     contexts: tuple[str, ...] = ("describe", "none", "stub")
+    # the contexts of arm (b'): (b)'s and a blank picture (chosen on the dev split, session 15)
+    blank_contexts: tuple[str, ...] = ("describe", "none", "stub", "blank")
     # a system turn before every SFT question and every prompt of arms (b) and (c) at test time, e.g.
     # k25mini.sft.trajectories.TOOLS_SYSTEM; "" = none (the committed design: the dev try with TOOLS_SYSTEM did not
     # raise the tool-call rate, docs/zero_vision_sft.md)
@@ -86,7 +90,7 @@ class SFTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["seeds"], d["arms"], d["visual_skills"] = list(self.seeds), list(self.arms), list(self.visual_skills)
-        d["contexts"] = list(self.contexts)
+        d["contexts"], d["blank_contexts"] = list(self.contexts), list(self.blank_contexts)
         return d
 
     def key(self) -> str:
@@ -95,6 +99,15 @@ class SFTConfig:
         d.pop("seeds"), d.pop("arms")
         d["sft_data_version"] = SFT_DATA_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def arm_set(cfg: SFTConfig, arm: str) -> tuple[str, tuple[str, ...]]:
+    """The SFT set a trained arm draws (:func:`k25mini.sft.data.build_sft_set`'s ``arm``) and its twins' contexts."""
+    if arm not in TRAINED_ARMS:
+        raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
+    if arm == "zero_vision_blank":
+        return "zero_vision", cfg.blank_contexts
+    return arm, cfg.contexts
 
 
 def config_for(scale: str | None = None, **overrides: Any) -> SFTConfig:

@@ -22,6 +22,7 @@ from k25mini.experiments.results import results_dir as resolve_results_dir
 __all__ = ["section", "markdown_table", "ARM_TITLES"]
 
 ARM_TITLES = {"no_sft": "(a) no SFT, direct", "zero_vision": "(b) zero-vision SFT + tool",
+              "zero_vision_blank": "(b′) zero-vision + blank picture + tool",
               "text_visual": "(c) text + visual SFT + tool", "oracle": "(d) scripted oracle + tool"}
 
 
@@ -50,18 +51,18 @@ def markdown_table(res: dict[str, Any], metric: str = "acc") -> list[str]:
     return head + rows
 
 
-def _checks(res: dict[str, Any]) -> list[str]:
-    c = res.get("checks") or {}
+def _checks(res: dict[str, Any], key: str = "checks", who: str = "(b)") -> list[str]:
+    c = res.get(key) or {}
     if not c:
         return []
     lifted = ", ".join(c["lifted_skills_every_seed"]) or "none"
     text = ", ".join(f"{s} {100 * v:+.1f}" for s, v in c["text_delta"].items())
-    return [f"- vision skills lifted by ≥ {100 * LIFT:.0f} points over (a) on every seed: **{lifted}** "
+    return [f"- {who}: vision skills lifted by ≥ {100 * LIFT:.0f} points over (a) on every seed: **{lifted}** "
             f"({'meets' if c['two_skills_lifted'] else 'does not meet'} the ≥ 2 target)",
-            (f"- valid tool-call rate of (b): **{100 * c['valid_call_rate']:.1f} %** "
+            (f"- valid tool-call rate of {who}: **{100 * c['valid_call_rate']:.1f} %** "
              f"({'meets' if c['valid_ok'] else 'misses'} ≥ {100 * VALID_CALL_TARGET:.0f} %)"
-             if c["valid_call_rate"] is not None else "- valid tool-call rate of (b): no calls were made"),
-            f"- text suites, (b) − (a): {text} ({'within' if c['text_within_2'] else 'NOT within'} "
+             if c["valid_call_rate"] is not None else f"- valid tool-call rate of {who}: no calls were made"),
+            f"- text suites, {who} − (a): {text} ({'within' if c['text_within_2'] else 'NOT within'} "
             f"{100 * TEXT_TOLERANCE:.0f} points)"]
 
 
@@ -87,6 +88,6 @@ def section(results_dir: str | Path | None = None, docs_dir: str | Path | None =
     lines += markdown_table(res)
     lines += ["", "Tool use of the trained arms (share of questions answered with a call):", ""]
     lines += markdown_table({**res, "table": {a: v for a, v in res["table"].items() if a in
-                                              ("zero_vision", "text_visual")}}, "tool_call_rate")
-    lines += ["", *_checks(res), ""]
+                                              ("zero_vision", "zero_vision_blank", "text_visual")}}, "tool_call_rate")
+    lines += ["", *_checks(res), *_checks(res, "checks_blank", "(b′)"), ""]
     return "\n".join(lines)

@@ -1,10 +1,14 @@
 """Chapter 06's experiment: does text-only (zero-vision) SFT with a code tool activate visual tool use?
 
-Four arms, all from chapter 05's early-fusion checkpoint (``early`` seed 0 of the ablation's config):
+Five arms, all from chapter 05's early-fusion checkpoint (``early`` seed 0 of the ablation's config):
 
 * ``no_sft`` (a): the checkpoint answers directly (greedy), as in chapter 05.
 * ``zero_vision`` (b): SFT on text-only trajectories (:func:`k25mini.sft.data.build_sft_set`), then answers with
   the sandboxed code tool: the model reads the image as media tokens, the kernel gets it as ``image``.
+* ``zero_vision_blank`` (b'): (b) with a quarter of the text twins shown after a blank picture (vision tokens of an
+  empty canvas, none of the question's content; :func:`k25mini.sft.trajectories.blank_media`). A labelled
+  deviation from strict text-only SFT: at this scale (b) does not carry its tool calls over to questions that
+  follow vision tokens (docs/zero_vision_sft.md).
 * ``text_visual`` (c): the same SFT budget with a quarter of the tool rows replaced by visual trajectories of
   two skills (count, compare) - the baseline the paper argues against.
 * ``oracle`` (d): the scripted program for each question, run in the same tool (the upper bound of the tool
@@ -40,6 +44,7 @@ from k25mini.experiments.ch06_zero_vision.config import (
     VALID_CALL_TARGET,
     VISION_SKILLS,
     SFTConfig,
+    arm_set,
 )
 from k25mini.experiments.results import ROOT, read_json, staleness, write_result
 from k25mini.experiments.results import results_dir as resolve_results_dir
@@ -129,7 +134,8 @@ def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progr
     if arm not in TRAINED_ARMS:
         raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
     world, tok = World(0, scale=c.scale), Tokenizer()
-    rows = build_sft_set(world, arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, c.contexts,
+    set_arm, contexts = arm_set(c, arm)
+    rows = build_sft_set(world, set_arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, contexts,
                          system=c.system)
     torch.manual_seed(seed)
     model = new_model()
@@ -299,33 +305,36 @@ def summarise(cfg: SFTConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
                           for m in ("acc", "tool_call_rate", "valid_call_rate", "code_error_rate", "steps_per_answer")}
                       for k in names}
     checks = acceptance(table, arms)
+    checks_blank = acceptance(table, arms, "zero_vision_blank")
     blind = blind_by_skill(cfg)
     return {"scale": cfg.scale, "config_key": cfg.key(), "config": cfg.to_dict(), "table": table,
             "runs": {k: v["runs"] for k, v in arms.items()}, "blind": blind, "checks": checks,
+            "checks_blank": checks_blank,
             "sandboxes": sorted({run["sandbox"] for a in arms.values() for run in a["runs"] if run["sandbox"]}),
             "text_twins": next((r["set"]["tool_twin_skills"] for r in results if r.get("set")), None),
             "sets": {r["arm"]: r.get("set") for r in results if r.get("set") and r.get("seed") == cfg.seeds[0]}}
 
 
-def acceptance(table: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
-    """The issue's acceptance on these results: vision skills lifted >= ``LIFT`` over (a) on EVERY seed,
-    valid-call rate >= ``VALID_CALL_TARGET``, text suites within ``TEXT_TOLERANCE`` of (a) or better (by the mean)."""
-    if "no_sft" not in table or "zero_vision" not in table:
+def acceptance(table: dict[str, Any], arms: dict[str, Any], arm: str = "zero_vision") -> dict[str, Any]:
+    """The issue's acceptance on these results for ``arm`` ((b), or (b') for ``checks_blank``): vision skills lifted
+    >= ``LIFT`` over (a) on EVERY seed, valid-call rate >= ``VALID_CALL_TARGET``, text suites within
+    ``TEXT_TOLERANCE`` of (a) or better (by the mean)."""
+    if "no_sft" not in table or arm not in table:
         return {}
     base = table["no_sft"]
-    runs = arms["zero_vision"]["runs"]
+    runs = arms[arm]["runs"]
     lifted = []
     for k in VISION_SKILLS:
         if k in base and all(run["per"][k]["acc"] - base[k]["acc"]["mean"] >= LIFT for run in runs):
             lifted.append(k)
     calls = sum(run["per"][k]["calls"] for run in runs for k in run["per"])
     valid = sum(run["per"][k]["calls"] * run["per"][k]["valid_call_rate"] for run in runs for k in run["per"])
-    text = {s: table["zero_vision"][s]["acc"]["mean"] - base[s]["acc"]["mean"] for s in TEXT_SUITES if s in base}
+    text = {s: table[arm][s]["acc"]["mean"] - base[s]["acc"]["mean"] for s in TEXT_SUITES if s in base}
     out = {"lifted_skills_every_seed": lifted, "two_skills_lifted": len(lifted) >= 2,
            "valid_call_rate": valid / calls if calls else None, "text_delta": text,
            "text_within_2": all(v >= -TEXT_TOLERANCE for v in text.values())}
     out["valid_ok"] = bool(calls) and out["valid_call_rate"] >= VALID_CALL_TARGET
     if "text_visual" in table:
-        out["zero_vs_text_visual"] = {k: table["zero_vision"][k]["acc"]["mean"] - table["text_visual"][k]["acc"]["mean"]
-                                      for k in table["zero_vision"] if k in table["text_visual"]}
+        out["zero_vs_text_visual"] = {k: table[arm][k]["acc"]["mean"] - table["text_visual"][k]["acc"]["mean"]
+                                      for k in table[arm] if k in table["text_visual"]}
     return out
