@@ -39,6 +39,11 @@ def _reachable_by_others(path: str) -> bool:
     return all(os.stat(d).st_mode & 0o001 for d in [p, *p.parents])
 
 
+def _under_scratch(path: str) -> bool:
+    p = Path(path).resolve()
+    return any(p == Path(d) or Path(d) in p.parents for d in sb.SCRATCH_DIRS)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_userns_mode_as_nobody(tmp_path):
@@ -49,6 +54,10 @@ def test_userns_mode_as_nobody(tmp_path):
     if unreachable:  # e.g. CI's clone in a mode-700 mktemp dir: uid 65534 cannot import the package at all
         pytest.skip(f"uid 65534 cannot reach {unreachable[0]}: the non-root path is only run from a world-"
                     "readable checkout")
+    hidden = [p for p in [str(REPO), *sb._pythonpath().split(os.pathsep)] if p and _under_scratch(p)]
+    if hidden:  # userns mode has no read-only views of site-packages (root mode has): a private tmpfs hides them
+        pytest.skip(f"{hidden[0]} lies under a scratch dir ({', '.join(sb.SCRATCH_DIRS)}) that the userns sandbox "
+                    "replaces with a private tmpfs: run from a checkout outside them (as CI does)")
     python = caps.modes["root"]  # the probe showed a sandbox uid can run it
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "K25_PLANTED": "1",
            "PYTHONPATH": os.pathsep.join([sb._pythonpath(), str(REPO)])}
