@@ -135,6 +135,11 @@ class VisionConfig:
     projector_hidden_act: str = "gelu"
     min_patches: int = 4  # preprocessing budget (patches per image/frame, before merging)
     max_patches: int = 4096
+    # k25mini's own departure from the paper (issue #15), off in every preset: a learned row + column embedding of
+    # the *merged* grid added to the projector's output, so that each vision token says where it sits in the
+    # picture (the published projector has none; interop refuses to export it). Tables of init_pos_emb_height /
+    # init_pos_emb_width entries, linearly resampled to each picture's merged grid.
+    grid_pos_emb: bool = False
 
     def __post_init__(self) -> None:
         _check_pos_int(
@@ -154,6 +159,8 @@ class VisionConfig:
             "max_patches",
         )
         _check_pos_float(self, "rope_theta", "layer_norm_eps", "projector_ln_eps")
+        if not isinstance(self.grid_pos_emb, bool):
+            raise ValueError(f"VisionConfig.grid_pos_emb must be True or False, got {self.grid_pos_emb!r}")
         _check_rope_theta(self)
         mk = self.merge_kernel_size
         if (
@@ -847,7 +854,8 @@ def _vision_components(v: VisionConfig, text_hidden: int) -> dict[str, int]:
 
     patch_embed Conv2d(3, D, p, p) with bias; learnable pos table [H0, W0, D] (the temporal sin-cos
     table is a fixed buffer); per block: 2 LayerNorms, wqkv [D -> 3D], wo [D -> D], fc0 [D -> I],
-    fc1 [I -> D]; final LayerNorm; projector: LayerNorm(D), Linear(4D, 4D), Linear(4D, text_hidden).
+    fc1 [I -> D]; final LayerNorm; projector: LayerNorm(D), Linear(4D, 4D), Linear(4D, text_hidden), and with
+    ``grid_pos_emb`` a row table [H0, text_hidden] and a column table [W0, text_hidden].
     """
     D, I, p = v.hidden_size, v.intermediate_size, v.patch_size
     block = 2 * 2 * D + (D * 3 * D + 3 * D) + (D * D + D) + (D * I + I) + (I * D + D)
@@ -855,7 +863,8 @@ def _vision_components(v: VisionConfig, text_hidden: int) -> dict[str, int]:
     return {
         "vision_tower": (3 * p * p * D + D) + v.init_pos_emb_height * v.init_pos_emb_width * D
         + v.num_hidden_layers * block + 2 * D,
-        "projector": 2 * D + (M * M + M) + (M * text_hidden + text_hidden),
+        "projector": 2 * D + (M * M + M) + (M * text_hidden + text_hidden)
+        + (v.init_pos_emb_height + v.init_pos_emb_width) * text_hidden * v.grid_pos_emb,
     }
 
 

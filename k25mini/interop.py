@@ -202,6 +202,9 @@ def to_published(
     if expert_layout not in EXPERT_LAYOUTS:
         raise ValueError(f"expert_layout must be one of {EXPERT_LAYOUTS}, got {expert_layout!r}")
     t, with_vision = _split_cfg(cfg)
+    if with_vision and cfg.vision.grid_pos_emb:  # type: ignore[union-attr]
+        raise ValueError("cfg.vision.grid_pos_emb=True: the merged-grid position tables are k25mini's own (issue #15) "
+                         "and have no counterpart in the published K2.5 format; export a model without them")
     sd = _as_state_dict(model_or_state_dict)
     if t.tie_word_embeddings:
         sd.pop((_LM if with_vision else "") + "lm_head.weight", None)

@@ -68,7 +68,7 @@ PROGRAM_KINDS: tuple[str, ...] = tuple(k for k, _ in _FORMS)
 
 def _question(prompt: str) -> str:
     """The question of a world prompt (``... Q: <question> A:``)."""
-    m = re.search(r"Q: (.*?) A:\s*$", prompt)
+    m = re.search(r"Q: (.*?) A:\s*$", re.sub(r"\s*<\|media_begin\|>.*?<\|media_end\|>\s*", " ", prompt))
     return m.group(1) if m else prompt.strip()
 
 
@@ -96,8 +96,8 @@ def program_for(prompt: str) -> Program | None:
                            f"mask = color_mask(image, {c})\nrow, col = cell_of(mask)\nprint(row, col)")
         if kind == "chart_value":
             c = m.group(1)
-            return Program(kind, f"print(round(color_mask(image, {c}).any(1).sum() * 9 / (image.shape[0] - 6)))",
-                           f"rows = color_mask(image, {c}).any(1).sum()\nunit = (image.shape[0] - 6) / 9\n"
+            return Program(kind, f"print(round(color_mask(image, {c}).any(1).sum() / chart_unit(image)))",
+                           f"rows = color_mask(image, {c}).any(1).sum()\nunit = chart_unit(image)\n"
                            "print(round(rows / unit))")
         if kind == "chart_max":
             return Program(kind, "print(max(COLOURS, key=lambda c: color_mask(image, c).any(1).sum()))",

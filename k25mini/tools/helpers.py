@@ -157,6 +157,15 @@ def centroid(mask) -> tuple[float, float]:
     return float(xs.mean()), float(ys.mean())
 
 
+def chart_unit(img, rgb=(170, 170, 170)) -> float:
+    """Pixels per unit of a bar chart: the mean spacing of its horizontal gridlines (rows where more than a quarter
+    of the pixels have the gridline colour ``rgb``), so ``bar rows / chart_unit(img)`` is a bar's value."""
+    g = np.flatnonzero(color_mask(img, rgb).sum(axis=1) > np.asarray(img).shape[1] // 4)
+    if len(g) < 2:
+        raise ValueError(f"chart_unit: fewer than two gridlines of colour {tuple(rgb)} found")
+    return float(g[-1] - g[0]) / (len(g) - 1)
+
+
 def cell_of(mask, n: int = 3) -> tuple[int, int]:
     """``(row, col)`` of the cell holding the centre of the mask's bounding box, in an ``n`` x ``n`` grid laid over
     the image (row 0 at the top, col 0 at the left)."""
@@ -217,5 +226,6 @@ HELPERS = {
     "heading": "heading(dx, dy) -> 'left' | 'right' | 'up' | 'down'",
     "count_components": "count_components(mask, connectivity=4, min_size=1) -> int",
     "bar_heights": "bar_heights(mask) -> heights of vertical bars, left to right",
+    "chart_unit": "chart_unit(img) -> pixels per unit of a bar chart (its gridline spacing)",
     "show": "show(img) -> hand an image back to the model",
 }

@@ -241,29 +241,26 @@ def _proc_uid(pid: int) -> int | None:
         return None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, session id) of a process, None if it is gone."""
+def _proc_fields(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, parent pid, session id) of a process from /proc/<pid>/stat, None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         fields = stat[stat.rindex(b")") + 2 :].split()  # after "(comm)": state ppid pgrp session ...
-        return fields[0].decode(), int(fields[3])
+        return fields[0].decode(), int(fields[1]), int(fields[3])
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, session id) of a process, None if it is gone."""
+    f = _proc_fields(pid)
+    return None if f is None else (f[0], f[2])
+
+
 def _zombie_children(parent: int) -> int:
     """How many exited, unreaped children ``parent`` has (they still count against RLIMIT_NPROC)."""
-    n = 0
-    for p in _pids():
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            n += fields[0] == b"Z" and int(fields[1]) == parent
-        except (OSError, ValueError, IndexError):
-            continue
-    return n
+    return sum(1 for p in _pids() if (f := _proc_fields(p)) is not None and f[0] == "Z" and f[1] == parent)
 
 
 def _pids() -> list[int]:

@@ -480,6 +480,11 @@ def read_state(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 
 def _set_weights(model: nn.Module, ckpt: Path, strict: bool) -> None:
     sd = _read_tensors(ckpt / MODEL_FILE)
+    if strict:  # set_model_state_dict(strict=True) reports unexpected tensors but not missing ones (torch 2.13)
+        missing = [k for k in (n.replace("_orig_mod.", "") for n in model.state_dict()) if k not in sd]
+        if missing:
+            raise ValueError(f"checkpoint {str(ckpt)!r} does not fit this model: it lacks {len(missing)} of the "
+                             f"model's tensors, e.g. {missing[:4]} (strict=False keeps their current values)")
     try:
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=strict))
     except RuntimeError as e:

@@ -68,7 +68,9 @@ class VisionTower(nn.Module):
         self.text_hidden_size = text_hidden_size
         self.patch_embed = PatchEmbed(cfg)
         self.encoder = MoonViT3dEncoder(cfg)
-        self.projector = PatchMergerProjector(cfg.hidden_size, cfg.merge_area, text_hidden_size, cfg.projector_ln_eps)
+        grid_table = (cfg.init_pos_emb_height, cfg.init_pos_emb_width) if cfg.grid_pos_emb else None
+        self.projector = PatchMergerProjector(cfg.hidden_size, cfg.merge_area, text_hidden_size, cfg.projector_ln_eps,
+                                              grid_table)
 
     # ----------------------------------------------------------------------------------------------
     def _validate(self, patches: torch.Tensor, grid_thw: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +117,12 @@ class VisionTower(nn.Module):
     def forward(self, patches: torch.Tensor, grid_thw: Any, backend: str | None = None) -> torch.Tensor:
         """Packed ``patches [L, 3*p*p]`` + ``grid_thw [N, 3]`` -> ``[sum_i (h_i/2)(w_i/2), text_hidden]``."""
         x = self.forward_features(patches, grid_thw, backend)
-        merged = tpool_patch_merger(x, as_grid_thw(grid_thw).tolist(), self.cfg.merge_kernel_size)
-        return self.projector(merged)
+        grid = as_grid_thw(grid_thw).tolist()
+        merged = tpool_patch_merger(x, grid, self.cfg.merge_kernel_size)
+        if self.projector.grid_pos is None:
+            return self.projector(merged)
+        kh, kw = self.cfg.merge_kernel_size
+        return self.projector(merged, [(h // kh, w // kw) for _, h, w in grid])
 
     # ----------------------------------------------------------------------------------------------
     def preprocess(self, media: Sequence[Any]) -> list[MediaChunk]:

@@ -17,7 +17,7 @@ from k25mini.world.render import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
-    boxes_to_tenths,
+    boxes_to_units,
     render_chart,
     render_icon,
     render_scene,
@@ -53,7 +53,7 @@ def _icon(world: World, rng, e) -> np.ndarray:
 
 
 def _scene_draw(world: World, rng, looks):
-    return lambda: sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
+    return lambda: sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step, world.sizes.scene_grid)
 
 
 def _page_doc(world: World, rng) -> Item:
@@ -89,15 +89,15 @@ def _caption_scene(world: World, rng) -> Item:
 
 
 def _caption_ground(world: World, rng) -> Item:
-    """Grounding caption: every object with its 3x3 cell and its box in tenths, in reading order. The only
-    caption that states *where* things are, so the ViT stage learns to carry position (the paper's vision data
-    includes grounding); never phrased as a question."""
+    """Grounding caption: every object with its 3x3 cell and its box (in tenths; thirds in the cpu world), in
+    reading order. The only caption that states *where* things are, so the ViT stage learns to carry position (the
+    paper's vision data includes grounding); never phrased as a question."""
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
     spec = _train_spec(world, rng, _scene_draw(world, rng, looks), "scene")
     img, truth = render_scene(spec)
     objs = sorted(truth["objects"], key=lambda o: (o["cell"], o["box"]))
-    boxes = boxes_to_tenths([o["box"] for o in objs], spec["h"], spec["w"])
+    boxes = boxes_to_units([o["box"] for o in objs], spec["h"], spec["w"], world.sizes.box_unit)
     parts = [
         f"{o['colour']} {o['shape']} at {o['cell'][0]} {o['cell'][1]}: {' '.join(str(v) for v in b)}"
         for o, b in zip(objs, boxes)
@@ -122,20 +122,22 @@ def _interleaved(world: World, rng) -> Item:
 
 
 def _chart_caption(world: World, rng) -> Item:
-    cols, vals = chart_values(rng)
     sz = world.sizes
-    spec = _train_spec(world, rng, lambda: sample_chart_spec(rng, cols, vals, sz.scene_side, sz.side_step), "chart")
+    cols, vals = chart_values(rng, sz.chart_bars, sz.chart_max)
+    spec = _train_spec(world, rng, lambda: sample_chart_spec(rng, cols, vals, sz.scene_side, sz.side_step,
+                                                             sz.chart_max, sz.chart_grid), "chart")
     img, truth = render_chart(spec)
     table = ", ".join(f"{c} {v}" for c, v in zip(cols, vals))
     return Item("VisReason", f"{IMAGE}{table}.", [img], "", {"skill": "chart_caption", "truth": truth})
 
 
 def _video_caption(world: World, rng) -> Item:
-    t = int(rng.integers(1, world.sizes.max_frames + 1))
+    sz = world.sizes
+    t = int(rng.integers(sz.min_frames, sz.max_frames + 1))
     d = "still" if t == 1 else pick_one(rng, list(DIRECTIONS))
     c, s = pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES)
-    sz = world.sizes
-    spec = _train_spec(world, rng, lambda: sample_video_spec(rng, c, s, d, t, sz.video_side, sz.side_step), "video")
+    spec = _train_spec(world, rng, lambda: sample_video_spec(rng, c, s, d, t, sz.video_side, sz.side_step,
+                                                             sz.video_speed), "video")
     vid, truth = render_video(spec)
     verb = "sits still" if d == "still" else f"moves {d}"
     return Item(

@@ -30,6 +30,7 @@ __all__ = [
     "sample_chart_spec",
     "sample_video_spec",
     "boxes_to_tenths",
+    "boxes_to_units",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -135,12 +136,21 @@ def _box(cx: int, cy: int, r: int, h: int, w: int) -> list[int]:
     return [max(0, cx - r), max(0, cy - r), min(w, cx + r + 1), min(h, cy + r + 1)]
 
 
-def boxes_to_tenths(boxes: list[list[int]], h: int, w: int) -> list[list[int]]:
-    """Pixel boxes -> coarse boxes in tenths of the width/height (ints 0..10), the answer format."""
+def boxes_to_units(boxes: list[list[int]], h: int, w: int, unit: int = 10) -> list[list[int]]:
+    """Pixel boxes -> coarse boxes in ``1/unit`` of the width/height (ints 0..unit), the answer format: tenths by
+    default, thirds (the 3x3 token grid) in the cpu world."""
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or unit < 1:
+        raise ValueError(f"unit must be an int >= 1, got {unit!r}")
     out = []
     for x0, y0, x1, y1 in boxes:
-        out.append([math.floor(10 * x0 / w), math.floor(10 * y0 / h), math.ceil(10 * x1 / w), math.ceil(10 * y1 / h)])
+        out.append([math.floor(unit * x0 / w), math.floor(unit * y0 / h), math.ceil(unit * x1 / w),
+                    math.ceil(unit * y1 / h)])
     return out
+
+
+def boxes_to_tenths(boxes: list[list[int]], h: int, w: int) -> list[list[int]]:
+    """Pixel boxes -> coarse boxes in tenths of the width/height (ints 0..10)."""
+    return boxes_to_units(boxes, h, w, 10)
 
 
 # ---------------------------------------------------------------------------------------------- icons
@@ -178,13 +188,27 @@ def render_icon(spec: dict) -> tuple[np.ndarray, dict]:
 
 # ---------------------------------------------------------------------------------------------- scenes
 def sample_scene_spec(rng: np.random.Generator, looks: list[tuple[str, str]], side: tuple[int, int],
-                      step: int = 1) -> dict:
+                      step: int = 1, grid: int = 0) -> dict:
     """Place ``looks`` (colour, shape) without overlap on a canvas of random size in ``side`` (sides multiples of
-    ``step`` px)."""
+    ``step`` px). ``grid`` > 0 centres each object in its own cell of a ``grid`` x ``grid`` grid (distinct cells,
+    radius 0.3-0.45 of a cell): with cells of one vision token, each token then holds one object or nothing."""
     lo, hi = _check_range("side", side)
     if len(looks) == 0:
         raise ValueError("looks must hold at least one (colour, shape)")
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:
+        raise ValueError(f"grid must be an int >= 0, got {grid!r}")
+    if grid and len(looks) > grid * grid:
+        raise ValueError(f"looks must hold at most grid*grid = {grid * grid} objects when grid={grid}, "
+                         f"got {len(looks)}")
     h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
+    if grid:
+        cell = min(h, w) / grid
+        r_lo, r_hi = max(3, round(0.3 * cell)), max(3, round(0.45 * cell))
+        cells = rng.choice(grid * grid, size=len(looks), replace=False)
+        objs = [[colour, shape, int((2 * (int(k) % grid) + 1) * w // (2 * grid)),
+                 int((2 * (int(k) // grid) + 1) * h // (2 * grid)), int(rng.integers(r_lo, r_hi + 1))]
+                for (colour, shape), k in zip(looks, cells)]
+        return {"kind": "scene", "h": h, "w": w, "bg": _bg(rng), "objects": objs}
     m = min(h, w)
     scale = 0.16 if len(looks) <= 3 else 0.12
     for _ in range(50):  # shrink the objects until they fit
@@ -287,15 +311,18 @@ def render_text(spec: dict) -> tuple[np.ndarray, dict]:
 
 # ---------------------------------------------------------------------------------------------- charts
 def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list[int], side: tuple[int, int],
-                      step: int = 1) -> dict:
-    """A bar chart of ``values`` (0..9) in ``colours`` on a canvas of random size in ``side`` (at least 32 px;
-    sides multiples of ``step`` px)."""
+                      step: int = 1, vmax: int = 9, grid: bool = False) -> dict:
+    """A bar chart of ``values`` (0..``vmax``) in ``colours`` on a canvas of random size in ``side`` (at least 32
+    px; sides multiples of ``step`` px). ``grid``: no margins, bar ``i`` centred in the ``i``-th equal column (with
+    as many bars as token columns, one bar per column of vision tokens) and ``h / vmax`` px per unit."""
     lo, hi = _check_range("side", side)
     if len(colours) != len(values) or not values:
         raise ValueError(f"colours and values must have the same non-zero length, got {len(colours)}, {len(values)}")
+    if isinstance(vmax, bool) or not isinstance(vmax, (int, np.integer)) or not 1 <= vmax <= 9:
+        raise ValueError(f"vmax must be an int in 1..9, got {vmax!r}")
     for v in values:
-        if not 0 <= int(v) <= 9:
-            raise ValueError(f"values must be ints in 0..9, got {values}")
+        if not 0 <= int(v) <= vmax:
+            raise ValueError(f"values must be ints in 0..{vmax}, got {values}")
     lo = max(lo, 32)  # ten gridlines need room
     hi = max(lo, hi)
     if step > 1 and hi // step * step < lo:
@@ -308,26 +335,32 @@ def sample_chart_spec(rng: np.random.Generator, colours: list[str], values: list
         "bg": _bg(rng),
         "colours": list(colours),
         "values": [int(v) for v in values],
+        **({"vmax": int(vmax), "grid": True} if grid or vmax != 9 else {}),
     }
 
 
 def render_chart(spec: dict) -> tuple[np.ndarray, dict]:
-    """Vertical bar chart on a 0..9 grid (one gridline per unit) -> (uint8 [H, W, 3], truth)."""
+    """Vertical bar chart on a 0..vmax grid (one gridline per unit; vmax 9 unless the spec says) ->
+    (uint8 [H, W, 3], truth)."""
     h, w = _check_side("height", spec["h"]), _check_side("width", spec["w"])
     img, draw = _canvas(h, w, spec["bg"])
-    ml, mb, mt = 3, 3, 3
-    unit = (h - mb - mt) / 9.0
+    vmax = int(spec.get("vmax", 9))
+    if spec.get("grid"):  # no margins: bar i fills the middle of column i, h / vmax px per unit
+        ml, mb, mt, mr = 0, 0, 0, 0
+    else:
+        ml, mb, mt, mr = 3, 3, 3, 2
+    unit = (h - mb - mt) / float(vmax)
     base = h - mb
-    for k in range(10):  # gridlines: the model can count them to read a value
-        y = round(base - k * unit)
-        draw.line([(ml, y), (w - 2, y)], fill=(170, 170, 170))
+    for k in range(vmax + 1):  # gridlines: the model can count them to read a value
+        y = min(h - 1, round(base - k * unit))
+        draw.line([(ml, y), (w - 1 - mr, y)], fill=(170, 170, 170))
     n = len(spec["values"])
-    slot = (w - ml - 2) / n
+    slot = (w - ml - mr) / n
     for i, (c, v) in enumerate(zip(spec["colours"], spec["values"])):
         x0 = ml + i * slot + 0.2 * slot
-        x1 = ml + (i + 1) * slot - 0.2 * slot
+        x1 = ml + (i + 1) * slot - 0.2 * slot - (1 if spec.get("grid") else 0)
         if v > 0:
-            draw.rectangle([x0, round(base - v * unit), x1, base], fill=_colour(c))
+            draw.rectangle([x0, round(base - v * unit), x1, min(h - 1, base)], fill=_colour(c))
     return np.array(img, dtype=np.uint8), {
         "bars": [{"colour": c, "value": v} for c, v in zip(spec["colours"], spec["values"])]
     }
@@ -336,23 +369,34 @@ def render_chart(spec: dict) -> tuple[np.ndarray, dict]:
 # ---------------------------------------------------------------------------------------------- videos
 def sample_video_spec(
     rng: np.random.Generator, colour: str, shape: str, direction: str, n_frames: int, side: tuple[int, int],
-    step: int = 1,
+    step: int = 1, speed: int = 0,
 ) -> dict:
     """One object moving in ``direction`` for ``n_frames`` frames (1..16); constant speed; sides multiples of
-    ``step`` px."""
+    ``step`` px. ``speed`` > 0 fixes the px per frame (the object is then small enough, radius 0.1-0.15 of the
+    side, for the whole path to fit); 0 draws it from the room there is."""
     lo, hi = _check_range("side", side)
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or not 1 <= n_frames <= 16:
         raise ValueError(f"n_frames must be an int in 1..16, got {n_frames!r}")
     if direction not in DIRECTIONS and direction != "still":
         raise ValueError(f"direction must be one of {list(DIRECTIONS) + ['still']}, got {direction!r}")
+    if isinstance(speed, bool) or not isinstance(speed, (int, np.integer)) or speed < 0:
+        raise ValueError(f"speed must be an int >= 0 (0: drawn), got {speed!r}")
     h, w = _draw_side(rng, lo, hi, step), _draw_side(rng, lo, hi, step)
     m = min(h, w)
-    r = max(3, int(round(rng.uniform(0.12, 0.2) * m)))
     dx, dy = DIRECTIONS.get(direction, (0, 0))
     steps = max(1, n_frames - 1)
+    if speed:
+        r = max(3, int(round(rng.uniform(0.1, 0.15) * m)))
+        if direction != "still" and speed * steps > (w if dx else h) - 2 * r - 4:
+            raise ValueError(f"speed={speed} px over {n_frames} frames leaves a {w}x{h} frame; lower speed or frames")
+    else:
+        r = max(3, int(round(rng.uniform(0.12, 0.2) * m)))
     travel_room = (w if dx else h) - 2 * r - 4
     # fast enough to see (up to a sixth of the frame per step), slow enough to stay inside
-    speed = int(max(1, min(travel_room // steps, max(2, m // 6)))) if direction != "still" else 0
+    if direction == "still":
+        speed = 0
+    elif not speed:
+        speed = int(max(1, min(travel_room // steps, max(2, m // 6))))
     travel = speed * steps if direction != "still" else 0
     # start so that the whole path stays inside the frame
     xs = (r + 2, w - r - 3) if dx == 0 else ((r + 2 + travel, w - r - 3) if dx < 0 else (r + 2, w - r - 3 - travel))

@@ -24,7 +24,7 @@ from k25mini.world.render import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
-    boxes_to_tenths,
+    boxes_to_units,
     render_chart,
     render_icon,
     render_scene,
@@ -187,7 +187,7 @@ def _count(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
     what, count = _count_query(rng, looks, n)
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step, world.sizes.scene_grid)
     q = f"How many {what}?"
 
     def build() -> Item:
@@ -219,7 +219,7 @@ def _compare(world: World, rng, split):
     if qa is None:
         return None
     a, b, ans = qa
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step, world.sizes.scene_grid)
     q = f"More {a} or {b}?"
 
     def build() -> Item:
@@ -245,7 +245,7 @@ def _locate(world: World, rng, split):
     target = _unique_look(rng, looks)
     if target is None:
         return None
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step, world.sizes.scene_grid)
     q = f"Which cell holds the {target[0]} {target[1]}?"
 
     def build() -> Item:
@@ -276,17 +276,18 @@ def box_query(rng, looks):
     return f"Boxes of {colour} objects?", lambda o: o["colour"] == colour
 
 
-def box_answer(truth: dict, sel, h: int, w: int) -> tuple[str, list[list[int]]]:
-    """The selected objects' boxes in tenths, left to right, as the answer string and as numbers."""
+def box_answer(truth: dict, sel, h: int, w: int, unit: int = 10) -> tuple[str, list[list[int]]]:
+    """The selected objects' boxes in ``1/unit`` of the sides (tenths by default), left to right, as the answer
+    string and as numbers."""
     objs = sorted((o for o in truth["objects"] if sel(o)), key=lambda o: (o["box"][0], o["box"][1]))
-    boxes = boxes_to_tenths([o["box"] for o in objs], h, w)
+    boxes = boxes_to_units([o["box"] for o in objs], h, w, unit)
     return "; ".join(" ".join(str(v) for v in b) for b in boxes), boxes
 
 
 def _box(world: World, rng, split):
     n = int(rng.integers(1, world.sizes.max_objects + 1))
     looks = scene_looks(rng, n)
-    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step)
+    spec = sample_scene_spec(rng, looks, world.sizes.scene_side, world.sizes.side_step, world.sizes.scene_grid)
     query = box_query(rng, looks)
     if query is None:
         return None
@@ -294,35 +295,37 @@ def _box(world: World, rng, split):
 
     def build() -> Item:
         img, truth = render_scene(spec)
-        ans, boxes = box_answer(truth, sel, spec["h"], spec["w"])
+        ans, boxes = box_answer(truth, sel, spec["h"], spec["w"], world.sizes.box_unit)
         return Item("VisReason", f"{IMAGE}Q: {q} A:", [img], ans, {"scorer": "iou_f1", "boxes": boxes, "truth": truth})
 
     return f"scene:{spec}", build
 
 
-def chart_values(rng) -> tuple[list[str], list[int]]:
-    n = int(rng.integers(3, 6))
+def chart_values(rng, bars: tuple[int, int] = (3, 5), vmax: int = 9) -> tuple[list[str], list[int]]:
+    """Bar colours and values: ``bars`` = (fewest, most) bars, values 1..``vmax``."""
+    n = int(rng.integers(bars[0], bars[1] + 1))
     cols = [str(c) for c in rng.choice(list(COLOURS), size=n, replace=False)]
-    vals = [int(v) for v in rng.integers(1, 10, size=n)]
+    vals = [int(v) for v in rng.integers(1, vmax + 1, size=n)]
     return cols, vals
 
 
-def _chart_question(rng, cols, vals):
+def _chart_question(rng, cols, vals, vmax: int = 9):
     if rng.random() < 0.5:
         i = int(rng.integers(len(cols)))
-        return f"Value of the {cols[i]} bar?", str(vals[i]), {"choices": [str(v) for v in range(10)]}
+        return f"Value of the {cols[i]} bar?", str(vals[i]), {"choices": [str(v) for v in range(vmax + 1)]}
     if vals.count(max(vals)) != 1:
         return None
     return "Which bar is tallest?", cols[vals.index(max(vals))], {"choices": cols}
 
 
 def _chart(world: World, rng, split):
-    cols, vals = chart_values(rng)
-    qa = _chart_question(rng, cols, vals)
+    sz = world.sizes
+    cols, vals = chart_values(rng, sz.chart_bars, sz.chart_max)
+    qa = _chart_question(rng, cols, vals, sz.chart_max)
     if qa is None:
         return None
     q, ans, dom = qa
-    spec = sample_chart_spec(rng, cols, vals, world.sizes.scene_side, world.sizes.side_step)
+    spec = sample_chart_spec(rng, cols, vals, sz.scene_side, sz.side_step, sz.chart_max, sz.chart_grid)
 
     def build() -> Item:
         img, truth = render_chart(spec)
@@ -332,10 +335,11 @@ def _chart(world: World, rng, split):
 
 
 def _motion(world: World, rng, split):
-    t = int(rng.integers(2, world.sizes.max_frames + 1))
+    sz = world.sizes
+    t = int(rng.integers(max(2, sz.min_frames), sz.max_frames + 1))
     d = pick_one(rng, list(DIRECTIONS))
-    spec = sample_video_spec(rng, pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES), d, t, world.sizes.video_side,
-                             world.sizes.side_step)
+    spec = sample_video_spec(rng, pick_one(rng, list(COLOURS)), pick_one(rng, SHAPES), d, t, sz.video_side,
+                             sz.side_step, sz.video_speed)
 
     def build() -> Item:
         vid, truth = render_video(spec)

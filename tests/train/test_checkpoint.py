@@ -486,6 +486,25 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     _assert_bit_identical(m, tr.model)
 
 
+def test_load_weights_refuses_a_checkpoint_that_lacks_model_tensors(tmp_path):
+    """A model with a parameter the checkpoint does not hold must not load silently with that parameter at its
+    initial value (torch's set_model_state_dict(strict=True) does not report missing keys)."""
+    tr = _quick_trainer(tmp_path)
+    tr.fit(until=2)
+
+    class Extra(TinyCharMLP):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Parameter(torch.zeros(3))
+
+    m = Extra()
+    with pytest.raises(ValueError, match=r"lacks 1 of the model's tensors.*'extra'"):
+        load_weights(m, tmp_path)
+    load_weights(m, tmp_path, strict=False)  # asked for: loads what exists, keeps the rest
+    assert torch.equal(m.extra, torch.zeros(3))
+    assert torch.equal(m.embed.weight, tr.model.embed.weight)
+
+
 def test_tied_weights_roundtrip(tmp_path):
     class Tied(TinyCharMLP):
         def __init__(self):

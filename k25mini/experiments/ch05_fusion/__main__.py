@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="recompute runs even when results match")
     ap.add_argument("--stages-only", action="store_true", help="only train the shared stages A and B")
     ap.add_argument("--probe", nargs=3, metavar=("NAME", "SCHEDULE", "SEED"), help="an investigation run")
-    ap.add_argument("--set", nargs="*", default=[], help="config overrides for --probe, e.g. joint_steps=800")
+    ap.add_argument("--set", nargs="*", default=[],
+                    help="config overrides for --probe and the checks, e.g. joint_steps=800")
     ap.add_argument("--diagnose", nargs="*", type=int, metavar="VIT_STEPS",
                     help="image-reliance check of the ViT stages with these vit_steps and of the finished joint runs")
     ap.add_argument("--skills", nargs="+", metavar="N_OR_NAME=RUN_DIR",
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = config_for()
+    over = dict(parse_override(config_for(), kv) for kv in a.set)
+    cfg = config_for(**over)  # --set applies to the checks too (e.g. --skills of a probe's config)
     print(f"fusion ablation at {cfg.scale}: key {cfg.key()}", flush=True)
     t0 = time.perf_counter()
     if a.stages_only:
@@ -148,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                       + "  (score/chance)", flush=True)
         return 0
     if a.probe:
-        over = dict(parse_override(cfg, kv) for kv in a.set)
         r = run_probe(a.probe[0], a.probe[1], int(a.probe[2]), **over)
         print(f"probe {a.probe[0]}: " + " ".join(f"{s}={v:.3f}" for s, v in r["final"].items())
               + f"  ({r['timing_s']['total']:.0f} s)", flush=True)
         return 0
+    if over:
+        ap.error("--set applies to --probe and the checks only: the ablation's config lives in config.py (its "
+                 "results are the committed Table 1)")
     todo = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs] if a.runs else None
 
     def show(sch: str, seed: int, r: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 from k25mini.pretrain.fusion_schedule import SCHEDULES
 from k25mini.scale import current_scale, pick, validate_scale
 
-__all__ = ["FusionConfig", "config_for", "TEXT_SUITES", "VIT_CORPORA", "VIT_SKILLS", "VIT_QA_CORPORA", "VIT_QA_SKILLS",
+__all__ = ["FusionConfig", "config_for", "text_data_version", "TEXT_SUITES", "VIT_CORPORA", "VIT_SKILLS",
+           "VIT_QA_CORPORA", "VIT_QA_SKILLS",
            "VISION_DOCS_VERSION", "VIT_ALIGN"]
 
 TEXT_SUITES: tuple[str, ...] = ("TextKnow", "TextReason", "Code")
@@ -32,14 +33,24 @@ VIT_QA_SKILLS = VIT_SKILLS | {"count", "compare", "locate", "box", "chart", "mot
 #: 1: captions without positions; 2: + grounding captions (objects with cell and box) in stage B and the joint mix;
 #: 3: the cpu world made to be seen (issue #15: 8 entities with distinct colours and shapes, images on the 16-px
 #: token grid, 48-px scenes, slotted digit OCR). It changes the text corpora too (fewer entities), so from version 3
-#: on stage A's key includes it.
-VISION_DOCS_VERSION = 3
+#: on stage A's key includes it (as :func:`text_data_version`); 4: the cpu world's scenes, boxes, charts and videos
+#: on the token grid too (objects one per cell, boxes in thirds, one bar per token column, 8-frame videos at 4 px per
+#: frame). Version 4 changed vision documents only (the text corpora and text suites are byte-identical to version
+#: 3's), so stage A keeps version 3's key.
+VISION_DOCS_VERSION = 4
 VIT_ALIGN: tuple[str, ...] = ("decoder", "frozen")
+
+def text_data_version(data_version: int) -> int:
+    """The version of the *text* documents inside vision-documents version ``data_version`` (what stage A, text
+    only, depends on): 1 and 2 predate the split (A's key did not include it), 3 changed the text corpora, 4 did
+    not."""
+    return min(int(data_version), 3)
+
 
 _STAGE_FIELDS = {
     "A": ("scale", "preset", "rows", "seq_len", "text_steps", "optimizer", "text_lr", "warmup", "world_seed",
           "stage_seed", "data_version"),
-    "B1": ("vit_steps", "vit_lr", "vit_align", "vit_qa"),
+    "B1": ("vit_steps", "vit_lr", "vit_align", "vit_qa", "grid_pos"),
     "B": ("proj_steps", "proj_lr"),
 }
 
@@ -73,6 +84,9 @@ class FusionConfig:
     proj_steps: int = 300  # B2: projector-only steps into the frozen language model (vit_align="decoder")
     proj_lr: float | None = None  # B2's peak learning rate (None: vit_lr)
     vit_qa: bool = True  # the ViT stage (B1 and B2) also trains on dense Q&A rows about images (issue #15)
+    # the vision tower's ``grid_pos_emb`` (issue #15; not the paper's projector): a learned position of each merged
+    # token in its picture, added after the projector. Stage A (text only) never builds it; B1 starts it fresh.
+    grid_pos: bool = False
 
     def __post_init__(self) -> None:
         if self.vit_align not in VIT_ALIGN:
@@ -82,8 +96,9 @@ class FusionConfig:
             low = 1 if name != "proj_steps" or self.vit_align == "decoder" else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-        if not isinstance(self.vit_qa, bool):
-            raise ValueError(f"vit_qa must be a bool, got {self.vit_qa!r}")
+        for name in ("vit_qa", "grid_pos"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.proj_lr is not None and (isinstance(self.proj_lr, bool) or not isinstance(self.proj_lr, (int, float))
                                          or not self.proj_lr > 0):
             raise ValueError(f"proj_lr must be None (use vit_lr) or a float > 0, got {self.proj_lr!r}")
@@ -108,6 +123,8 @@ class FusionConfig:
         if self.vit_align == "frozen":  # one-step ViT stage: B2's fields mean nothing to it
             fields = [f for f in fields if f not in _STAGE_FIELDS["B"]]
         d = self.to_dict()
+        if stage == "A":
+            d["data_version"] = text_data_version(self.data_version)
         return hashlib.sha256(json.dumps({k: d[k] for k in fields}, sort_keys=True).encode()).hexdigest()[:12]
 
     def key(self) -> str:
@@ -128,9 +145,9 @@ def config_for(scale: str | None = None, **overrides: Any) -> FusionConfig:
         text_steps=pick(smoke=4, cpu=3000, gpu=6000, scale=sc),
         vit_steps=pick(smoke=3, cpu=1500, gpu=1500, scale=sc),
         proj_steps=pick(smoke=2, cpu=300, gpu=300, scale=sc),
-        joint_steps=pick(smoke=10, cpu=1500, gpu=4000, scale=sc),
+        joint_steps=pick(smoke=10, cpu=4000, gpu=4000, scale=sc),
         warmup=pick(smoke=1, cpu=20, gpu=100, scale=sc),
-        track_every=pick(smoke=5, cpu=50, gpu=200, scale=sc),
+        track_every=pick(smoke=5, cpu=100, gpu=200, scale=sc),
         eval_items=pick(smoke=4, cpu=128, gpu=256, scale=sc),
         max_new_tokens=pick(smoke=4, cpu=28, gpu=28, scale=sc),
     )

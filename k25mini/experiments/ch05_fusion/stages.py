@@ -23,6 +23,7 @@ under ``runs/fusion/<scale>/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -172,9 +173,32 @@ def finished(out_dir: Path, steps: int) -> bool:
     return ck is not None and json.loads((ck / "state.json").read_text()).get("step") == steps
 
 
-def new_model(cfg: FusionConfig, seed: int) -> K25ForConditionalGeneration:
+def model_config(cfg: FusionConfig, text_only: bool = False):
+    """The preset with the config's vision-tower options (stage A, text only, never builds ``grid_pos``)."""
+    mc = preset(cfg.preset)
+    if cfg.grid_pos and not text_only:
+        mc = dataclasses.replace(mc, vision=dataclasses.replace(mc.vision, grid_pos_emb=True))
+    return mc
+
+
+def new_model(cfg: FusionConfig, seed: int, text_only: bool = False) -> K25ForConditionalGeneration:
     torch.manual_seed(seed)
-    return K25ForConditionalGeneration(preset(cfg.preset))
+    return K25ForConditionalGeneration(model_config(cfg, text_only))
+
+
+def load_text_stage(model: K25ForConditionalGeneration, cfg: FusionConfig, a: str | Path) -> None:
+    """Load stage A's checkpoint into ``model``; with ``grid_pos`` the grid tables (absent from A) keep their
+    fresh initialisation, and nothing else may be missing."""
+    if not cfg.grid_pos:
+        load_weights(model, a)
+        return
+    plain = K25ForConditionalGeneration(model_config(cfg, text_only=True))
+    load_weights(plain, a)
+    res = model.load_state_dict(plain.state_dict(), strict=False)
+    missing = [k for k in res.missing_keys if ".grid_pos." not in k]
+    if missing or res.unexpected_keys:
+        raise ValueError(f"stage A checkpoint {str(a)!r} does not fit: missing {missing}, "
+                         f"unexpected {res.unexpected_keys}")
 
 
 def _check_data_version(cfg: FusionConfig) -> None:
@@ -224,14 +248,14 @@ def stage_job(cfg: dict[str, Any], stage: str, out: str, init: str | None = None
         raise ValueError("stage 'B2' needs tower (the B1 checkpoint its vision tower comes from)")
     world, tok = World(c.world_seed, scale=c.scale), Tokenizer()
     if stage == "A":
-        model = new_model(c, c.stage_seed)
+        model = new_model(c, c.stage_seed, text_only=True)
         steps = packed_steps(c, FusionSchedule("text", 0.0, 0.0), c.text_steps, c.stage_seed, "A", world, tok,
                              model.media_token_counts)
         return _parts(model, steps, train_config(c, c.text_steps, c.text_lr, c.stage_seed, Path(out), progress))
     if stage in ("B", "B1"):
         _check_data_version(c)
         model = new_model(c, c.stage_seed)
-        load_weights(model, init)
+        load_text_stage(model, c, init)
         if stage == "B":
             model.language_model.requires_grad_(False)
         steps = vit_docs(c, world, tok, model.media_token_counts, c.vit_steps, "B")
@@ -239,7 +263,7 @@ def stage_job(cfg: dict[str, Any], stage: str, out: str, init: str | None = None
     if stage == "B2":
         _check_data_version(c)
         model = new_model(c, c.stage_seed)
-        load_weights(model, init)
+        load_text_stage(model, c, init)
         aligned = new_model(c, c.stage_seed)
         load_weights(aligned, tower)
         model.vision_tower.load_state_dict(aligned.vision_tower.state_dict())  # A's language model, B1's ViT
