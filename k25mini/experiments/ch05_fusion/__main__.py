@@ -11,6 +11,9 @@
     python -m k25mini.experiments.ch05_fusion --vision-probe 1600 # which facts are linearly in the vision tokens
     python -m k25mini.experiments.ch05_fusion --vision-budget 25 50 100 400  # vision-only training
     python -m k25mini.experiments.ch05_fusion --blind             # blind baseline per kind of question
+
+Design work scores on train-side dev items instead of the held-out suites (no held-out item scored or tracked):
+    python -m k25mini.experiments.ch05_fusion.dev NAME early 0 --set grid_pos=true --mix vis_reasoning=3
 """
 
 from __future__ import annotations

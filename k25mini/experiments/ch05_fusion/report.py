@@ -16,10 +16,11 @@ import numpy as np
 from k25mini.experiments.ch05_fusion.evaluation import PACKAGE, load_results
 from k25mini.experiments.results import ROOT, staleness
 from k25mini.experiments.results import results_dir as resolve_results_dir
-from k25mini.world import SUITES, TWINS
+from k25mini.world import SUITE_SKILLS, SUITES, TWINS
 
 __all__ = ["PAPER_TABLE1", "fusion_section", "pairwise_lines", "probes_section", "text_curve_figure", "ordering",
-           "archived_ablations", "archive_section", "diagnostics_section", "skill_lines", "skills_section", "section"]
+           "archived_ablations", "archive_section", "dev_section", "diagnostics_section", "skill_lines",
+           "skills_section", "section"]
 
 
 # K2.5 report, Table 1 (paper_facts §5): fixed vision+text budget
@@ -30,6 +31,8 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
 }
 PAPER_SETUP = {"early": ("0%", "10:90"), "mid": ("50%", "20:80"), "late": ("80%", "50:50")}
 TEXT_KEYS = ("tf_TextKnow", "tf_TextReason", "tf_Code")
+#: the dev probes' stamp (= ``ch05_fusion.dev.PACKAGE``; named here so that the report imports no training code)
+DEV_PACKAGE = "k25mini.experiments.ch05_fusion.dev"
 
 
 def ordering(table: dict[str, dict[str, float]], suites=SUITES, tie: float = 1e-9) -> dict[str, str]:
@@ -359,6 +362,40 @@ def probes_section(results_dir: Path, res: dict[str, Any] | None = None) -> str:
     return "\n".join([*lines, ""])
 
 
+def dev_section(results_dir: Path) -> str:
+    """The dev probes (``results/fusion_ablation/dev/*.json``, ``python -m k25mini.experiments.ch05_fusion.dev``):
+    scores on train-side dev items, for choosing designs; never claims."""
+    files = sorted((results_dir / "fusion_ablation" / "dev").glob("*.json"))
+    if not files:
+        return ""
+    probes = [json.loads(f.read_text()) for f in files]
+    suites = [s for s in SUITES if any(s in r["final"] for r in probes)]
+    skills = sorted({k for r in probes for k in r["final_by_skill"].get("VisReason", {})},
+                    key=lambda k: SUITE_SKILLS["VisReason"].index(k) if k in SUITE_SKILLS["VisReason"] else 99)
+    lines = ["### Dev probes (train-side items, for choosing designs; not held-out results)", "",
+             "Scored on fresh items from the train side of the world's split (tag `ch05-dev`), never on held-out "
+             "items; trained without the held-out text tracking. VisReason and Code dev items are new scenes and "
+             "programs; OCR and TextReason dev items come from smaller pools and may repeat training items "
+             "(`k25mini/experiments/ch05_fusion/dev.py`). In brackets: the best constant answer per kind of "
+             "question on the same dev items.", "",
+             "| probe | schedule, seed | change | items | " + " | ".join(suites) + " | "
+             + " | ".join(f"VisReason: {k}" for k in skills) + " | train (s) |",
+             "|---|---|---|---|" + "---|" * (len(suites) + len(skills)) + "---|"]
+    for r in probes:
+        change = ", ".join([*(f"{k}={v}" for k, v in r.get("overrides", {}).items()),
+                            *(f"{k}×{v:g}" for k, v in (r.get("vision_mix") or {}).items())]) or "none"
+        cells = [f"{100 * r['final'][s]:.1f} ({100 * r['blind'][s]:.1f})" if s in r["final"] else "–" for s in suites]
+        by = r["final_by_skill"].get("VisReason", {})
+        cells += [f"{100 * by[k]:.1f}" if k in by else "–" for k in skills]
+        tr = r["timing_s"].get("train")
+        lines.append(f"| {r['probe']} | {r['schedule']}, {r['seed']} | {change} | {r['dev_items']} | "
+                     + " | ".join(cells) + f" | {'reused' if tr is None else f'{tr:.0f}'} |")
+    old = [r["probe"] for r in probes if staleness(r, DEV_PACKAGE)]
+    if old:
+        lines += ["", f"*STALE (made by other code than the current one): {', '.join(old)}.*"]
+    return "\n".join([*lines, ""])
+
+
 def diagnostics_section(results_dir: Path, scale: str = "cpu") -> str:
     """``results/fusion_ablation/diagnostics_<scale>.json`` as tables: does the model read the image?"""
     p = results_dir / "fusion_ablation" / f"diagnostics_{scale}.json"
@@ -581,6 +618,7 @@ def section(results_dir: Path | None = None, docs_dir: Path | None = None, scale
         fusion_section(res, fig_rel, blind_baseline(results_dir, res, scale)),
         history,
         probes_section(results_dir, res),
+        dev_section(results_dir),
         diagnostics_section(results_dir, scale),
         skills_section(results_dir, scale),
         fields_section(results_dir, scale),
