@@ -115,7 +115,7 @@ def test_cli_parses_overrides_and_prints(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("K25_SCALE", "smoke")
     got = {}
 
-    def fake(name, schedule, seed, n, suites, force, log, vision_mix, **over):
+    def fake(name, schedule, seed, n, suites, force, log, vision_mix, width, **over):
         got.update(name=name, schedule=schedule, seed=seed, n=n, suites=suites, over=over, mix=vision_mix)
         return {"final": {"OCR": 0.5}, "final_by_skill": {"OCR": {"ocr": 0.5}}, "blind": {"OCR": 0.25}}
 
@@ -195,3 +195,23 @@ def test_a_mixed_dev_probe_keeps_the_token_budget_and_its_own_checkpoint(tmp_pat
     assert "-mix" in mixed["checkpoint"] and mixed["checkpoint"] != plain["checkpoint"]
     assert mixed["tokens"] == plain["tokens"] and plain["tokens"]["vision"] > 0  # same plan, other documents
     assert mixed["config_key"] == plain["config_key"]
+
+
+def test_a_wider_language_model_retrains_every_stage_in_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("K25_SCALE", "smoke")
+    original = stages.model_config
+    kw = dict(joint_steps=3, max_new_tokens=2)
+    r = dev.dev_probe("wide", "early", 0, n=3, suites=("OCR",), runs_dir=tmp_path / "runs",
+                      results_dir=tmp_path / "res", width=96, **kw)
+    assert stages.model_config is original  # restored
+    nano_params = sum(p.numel() for p in stages.new_model(config_for("smoke"), 0).parameters())
+    assert r["lm_width"] == 96 and r["parameters"] > 1.5 * nano_params
+    assert "runs-lm96" in r["checkpoint"] and not (tmp_path / "runs").exists()
+    assert stages.finished(tmp_path / "runs-lm96" / "smoke" / "stages" / f"A-{config_for('smoke').stage_key('A')}",
+                           config_for("smoke").text_steps)
+    w = dev.widened(stages.preset("nano"), 96).text
+    assert (w.hidden_size, w.num_attention_heads, w.q_lora_rank, w.moe_intermediate_size) == (96, 6, 48, 72)
+    for bad in (0, 40, 95.0, True):
+        with pytest.raises(ValueError, match="lm_width must be"):
+            dev.dev_probe("x", "early", 0, runs_dir=tmp_path / "r2", results_dir=tmp_path / "r2", width=bad)
+    assert stages.model_config is original and not (tmp_path / "r2").exists()

@@ -21,6 +21,7 @@ What the dev items measure, suite by suite (measured on world seed 0, cpu scale,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import k25mini.experiments.ch05_fusion.stages as _stages
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.experiments.ch05_fusion.config import FusionConfig, config_for
 from k25mini.experiments.ch05_fusion.evaluation import score_suites
@@ -46,7 +48,7 @@ from k25mini.experiments.ch05_fusion.stages import (
     stage_vit,
     train_config,
 )
-from k25mini.experiments.results import read_json, write_result
+from k25mini.experiments.results import ROOT, read_json, write_result
 from k25mini.experiments.results import results_dir as resolve_results_dir
 from k25mini.pretrain.diagnose import blind_baseline
 from k25mini.pretrain.docs import doc_stream, item_to_doc
@@ -58,7 +60,7 @@ from k25mini.world import SUITE_SKILLS, SUITES, TEXT_CORPORA, VISION_CORPORA, Wo
 from k25mini.world.rng import rng_for
 
 __all__ = ["DEV_TAG", "DEV_SUITES", "PACKAGE", "dev_suite", "dev_sets", "check_mix", "mixed_vision_stream",
-           "dev_joint_job", "dev_probe", "dev_path", "main"]
+           "widened", "lm_width", "dev_joint_job", "dev_probe", "dev_path", "main"]
 
 DEV_TAG = "ch05-dev"
 #: scored by default: the suites whose dev items are new to the model (see the module doc)
@@ -135,6 +137,34 @@ def mixed_vision_stream(world: World, mix: dict[str, float], tok, counts_fn, see
         epoch += 1
 
 
+def widened(mc, width: int):
+    """The model config ``mc`` with a language model ``width`` wide: the nano preset's shape scaled with the
+    width (FFN 3×, experts' FFN 0.75×, one head per 16, q/kv latent ranks width/2; head dims, depth, experts and
+    the vision tower unchanged). A dev-only probe of capacity, not a preset."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 16 or width % 16:
+        raise ValueError(f"lm_width must be an int >= 16 and a multiple of 16, got {width!r}")
+    t = dataclasses.replace(mc.text, hidden_size=width, intermediate_size=3 * width,
+                            moe_intermediate_size=3 * width // 4, num_attention_heads=width // 16,
+                            q_lora_rank=width // 2, kv_lora_rank=width // 2)
+    return dataclasses.replace(mc, text=t)
+
+
+@contextlib.contextmanager
+def lm_width(width: int | None):
+    """Within the block, every chapter-05 model of this process is built with a ``width``-wide language model
+    (None: unchanged). Dev probes only: the stages' checkpoints then live in their own runs folder."""
+    if width is None:
+        yield
+        return
+    widened(_stages.preset("nano"), width)  # validate before patching
+    original = _stages.model_config
+    _stages.model_config = lambda cfg, text_only=False: widened(original(cfg, text_only), width)
+    try:
+        yield
+    finally:
+        _stages.model_config = original
+
+
 def dev_joint_job(cfg: dict[str, Any], out: str, init: str, schedule: str, seed: int,
                   progress: bool = False, vision_mix: dict[str, float] | None = None) -> JobParts:
     """The joint stage's job (:func:`~k25mini.experiments.ch05_fusion.stages.stage_job`) without its text-suite
@@ -169,23 +199,35 @@ def dev_path(name: str, results_dir: Path | None = None) -> Path:
 
 def dev_probe(name: str, schedule: str, seed: int, n: int = 192, suites: tuple[str, ...] = DEV_SUITES,
               runs_dir: Path | None = None, results_dir: Path | None = None, force: bool = False,
-              log=None, vision_mix: dict[str, float] | None = None, **overrides: Any) -> dict[str, Any]:
+              log=None, vision_mix: dict[str, float] | None = None, width: int | None = None,
+              **overrides: Any) -> dict[str, Any]:
     """Train (or reuse) one joint run of ``config_for(**overrides)`` (vision documents per ``vision_mix``, see
-    :func:`check_mix`) and score it on ``n`` dev items per suite; saved as
-    ``results/fusion_ablation/dev/<name>.json`` and reused while config, mix, run and items match."""
+    :func:`check_mix`; a ``width``-wide language model, see :func:`widened`, with every stage retrained in
+    ``runs/fusion-lm<width>/``) and score it on ``n`` dev items per suite; saved as
+    ``results/fusion_ablation/dev/<name>.json`` and reused while config, mix, width, run and items match."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     mix = check_mix(vision_mix)
+    if width is not None:
+        widened(_stages.preset("nano"), width)
+        base = Path(runs_dir) if runs_dir is not None else ROOT / "runs" / "fusion"
+        runs_dir = base.with_name(f"{base.name}-lm{width}")  # every stage retrained: never the nano checkpoints
     cfg = config_for(**overrides)
     _check_data_version(cfg)
     out_file = dev_path(name, results_dir)
     old = None if force else read_json(out_file)
-    if old is not None and (old.get("config_key"), old.get("vision_mix"), old.get("schedule"), old.get("seed"),
-                            old.get("dev_items"), old.get("suites")) == (cfg.key(), mix, schedule, seed, n,
-                                                                        list(suites)):
+    if old is not None and (old.get("config_key"), old.get("vision_mix"), old.get("lm_width"), old.get("schedule"),
+                            old.get("seed"), old.get("dev_items"), old.get("suites")) == (
+                                cfg.key(), mix, width, schedule, seed, n, list(suites)):
         return old
+    with lm_width(width):
+        return _dev_probe(name, cfg, mix, width, schedule, seed, n, suites, runs_dir, results_dir, log, overrides)
+
+
+def _dev_probe(name, cfg, mix, width, schedule, seed, n, suites, runs_dir, results_dir, log, overrides):
+    out_file = dev_path(name, results_dir)
     evals = dev_sets(cfg, n, suites)  # fail on bad suites before any training
     t0 = time.perf_counter()
     ablation_run = joint_root(cfg, runs_dir) / "joint" / f"{schedule}-s{seed}"
@@ -210,6 +252,7 @@ def dev_probe(name: str, schedule: str, seed: int, n: int = 192, suites: tuple[s
     t_end = time.perf_counter()
     result = {
         "probe": name, "schedule": schedule, "seed": seed, "overrides": overrides, "vision_mix": mix,
+        "lm_width": width, "parameters": sum(p.numel() for p in model.parameters()),
         "config_key": cfg.key(),
         "config": cfg.to_dict(), "split": "train", "tag": DEV_TAG, "dev_items": n, "suites": list(suites),
         "final": final, "final_by_skill": by_skill,
@@ -233,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suites", nargs="+", default=list(DEV_SUITES), choices=list(SUITES))
     ap.add_argument("--mix", nargs="*", default=[], metavar="CORPUS=W",
                     help="vision rows per epoch relative to the ablation's, e.g. vis_reasoning=3 ocr=0.5")
+    ap.add_argument("--lm-width", type=int, default=None,
+                    help="a wider (or narrower) language model, every stage retrained (nano: 64)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--force", action="store_true", help="recompute even when a saved result matches")
     a = ap.parse_args(argv)
@@ -250,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not isinstance(mix[k], float):
             raise SystemExit(f"--mix expects CORPUS=NUMBER, got {kv!r}")
     r = dev_probe(a.name, a.schedule, a.seed, n=a.items, suites=tuple(a.suites), force=a.force,
-                  log=lambda m: print(m, flush=True), vision_mix=mix or None, **over)
+                  log=lambda m: print(m, flush=True), vision_mix=mix or None, width=a.lm_width, **over)
     for s, v in r["final"].items():
         skills = ", ".join(f"{k} {100 * x:.1f}" for k, x in r["final_by_skill"][s].items())
         print(f"{s:>10}: {100 * v:5.1f} (blind {100 * r['blind'][s]:.1f})  [{skills}]")
