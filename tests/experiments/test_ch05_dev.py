@@ -174,12 +174,14 @@ def test_report_lists_dev_probes_with_their_blind_rows(tmp_path):
             "final_by_skill": {"VisReason": {"locate": 0.2, "count": 0.8}}}
     d = tmp_path / "fusion_ablation" / "dev"
     write_result(d / "a.json", {**base, "probe": "a", "overrides": {}}, experiment="x", package=dev.PACKAGE)
-    write_result(d / "b.json", {**base, "probe": "b", "overrides": {"grid_pos": True}, "timing_s": {"train": 301.2}},
+    write_result(d / "b.json", {**base, "probe": "b", "overrides": {"grid_pos": True}, "timing_s": {"train": 301.2},
+                                "vision_mix": {"ocr": 0.5}, "lm_width": 96},
                  experiment="x", package="k25mini.experiments.ch05_fusion.stages")
     text = report.dev_section(tmp_path)
     rows = [x for x in text.splitlines() if x.startswith("| a ") or x.startswith("| b ")]
     assert rows[0] == "| a | early, 0 | none | 12 | 50.0 (30.0) | 25.0 (10.0) | 80.0 | 20.0 | reused |"
-    assert rows[1].startswith("| b | early, 0 | grid_pos=True | 12 |") and rows[1].endswith("| 301 |")
+    assert rows[1].startswith("| b | early, 0 | grid_pos=True, ocr×0.5, LM width 96 | 12 |")
+    assert rows[1].endswith("| 301 |")
     assert "VisReason: count | VisReason: locate" in text  # skills in the suite's own order
     assert "STALE (made by other code than the current one): b." in text
 

@@ -383,7 +383,8 @@ def dev_section(results_dir: Path) -> str:
              "|---|---|---|---|" + "---|" * (len(suites) + len(skills)) + "---|"]
     for r in probes:
         change = ", ".join([*(f"{k}={v}" for k, v in r.get("overrides", {}).items()),
-                            *(f"{k}×{v:g}" for k, v in (r.get("vision_mix") or {}).items())]) or "none"
+                            *(f"{k}×{v:g}" for k, v in (r.get("vision_mix") or {}).items()),
+                            *([f"LM width {r['lm_width']}"] if r.get("lm_width") else [])]) or "none"
         cells = [f"{100 * r['final'][s]:.1f} ({100 * r['blind'][s]:.1f})" if s in r["final"] else "–" for s in suites]
         by = r["final_by_skill"].get("VisReason", {})
         cells += [f"{100 * by[k]:.1f}" if k in by else "–" for k in skills]
