@@ -63,11 +63,16 @@ def _check_int(name: str, v: Any, lo: int) -> int:
 def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: float = 0.4,
                   visual_share: float = 0.25, visual_skills: Sequence[str] = ("count", "compare"),
                   contexts: Sequence[str] = ("describe", "none", "stub"), runner=local_runner,
-                  system: str = "") -> list[Trajectory]:
+                  system: str = "", replay_rows: int | None = None) -> list[Trajectory]:
     """``n`` trajectories for ``arm`` (see the module docstring), deterministic in (world, arm-independent
     draws, ``seed``): both arms share every text row; ``text_visual`` swaps some tool rows for visual ones.
     ``system`` (e.g. :data:`~k25mini.sft.trajectories.TOOLS_SYSTEM`) goes before the prompt of every row but the
-    replayed documents: the tool is available in every conversation of the set."""
+    replayed documents: the tool is available in every conversation of the set.
+
+    The set holds ``n - round(n * replay_share)`` twin rows and ``replay_rows`` replay rows (default
+    ``round(n * replay_share)``, i.e. ``n`` rows in all); more replay rows leave the twin rows unchanged, so a
+    training loop can stream replay (each replay row once) while it repeats the twins. Replay rows carry
+    ``meta["replay"] = True``."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     n = _check_int("n", n, 1)
@@ -80,10 +85,11 @@ def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: f
     bad = [s for s in visual_skills if s not in TOOL_SKILLS]
     if bad or not visual_skills:
         raise ValueError(f"visual_skills must be a non-empty subset of {TOOL_SKILLS}, got {list(visual_skills)}")
-    n_replay = int(round(n * replay_share))
+    n_twin = n - int(round(n * replay_share))
+    n_replay = n - n_twin if replay_rows is None else _check_int("replay_rows", replay_rows, 0)
     rows: list[Trajectory] = []
     i = 0
-    while len(rows) < n - n_replay:  # twins (tool rows and direct description answers), round-robin by skill
+    while len(rows) < n_twin:  # twins (tool rows and direct description answers), round-robin by skill
         skill = TOOL_SKILLS[i % len(TOOL_SKILLS)]
         item = world.sample(skill, "train", rng_for(world.seed, "sft", "twin", seed, i))
         rnd = i // len(TOOL_SKILLS)
@@ -97,7 +103,9 @@ def build_sft_set(world: World, arm: str, n: int, seed: int = 0, replay_share: f
     picks = rng_for(world.seed, "sft", "replay", seed).integers(world.sizes.corpus_rows, size=n_replay)
     for j in range(n_replay):  # chapter 05's text corpora, a third each, trained as pre-training trained them
         item = corpus_item(world, REPLAY_CORPORA[j % len(REPLAY_CORPORA)], int(picks[j]))
-        rows.append(document(item) if not item.answer else direct(item, "replay"))
+        r = document(item) if not item.answer else direct(item, "replay")
+        r.meta["replay"] = True
+        rows.append(r)
     if arm == "text_visual":
         tool_rows = [k for k, t in enumerate(rows) if t.uses_tool]
         n_vis = int(round(len(tool_rows) * visual_share))

@@ -95,3 +95,36 @@ def test_smoke_run_of_every_arm(tmp_path):
 
 def test_section_without_results(tmp_path):
     assert "No results yet" in section(tmp_path, None, "cpu")
+
+
+class _Row:
+    def __init__(self, replay):
+        self.meta = {"replay": replay} if replay else {}
+
+
+def test_batch_order_fixed_set_and_stream():
+    """Fixed set: every row draws/len times. Stream: every replay row exactly once, the rest cycled evenly
+    (counts differ by at most one), all slots filled; too many replay rows for the slots is refused."""
+    from k25mini.experiments.ch06_zero_vision.run import batch_order
+
+    rows = [_Row(False)] * 10 + [_Row(True)] * 10
+    o = batch_order(rows, 80, seed=1)
+    assert len(o) == 80 and set(np.bincount(o, minlength=20)) == {4}
+    rows = [_Row(k % 3 == 0) for k in range(7 + 30)]  # 13 replay rows spread through the set
+    rep = [k for k, r in enumerate(rows) if r.meta]
+    o = batch_order(rows, 50, seed=1, stream=True)
+    counts = np.bincount(o, minlength=len(rows))
+    assert len(o) == 50 and all(counts[k] == 1 for k in rep)
+    other = [counts[k] for k in range(len(rows)) if k not in rep]
+    assert sum(other) == 50 - len(rep) and max(other) - min(other) <= 1
+    assert not np.array_equal(o, batch_order(rows, 50, seed=2, stream=True))
+    assert np.array_equal(o, batch_order(rows, 50, seed=1, stream=True))
+    with pytest.raises(ValueError, match="cannot fill"):
+        batch_order(rows, 5, seed=1, stream=True)
+
+
+def test_stream_config():
+    assert config_for("smoke").replay_stream  # the committed design streams its replay
+    assert config_for("smoke").key() != config_for("smoke", replay_stream=False).key()
+    with pytest.raises(ValueError, match="replay_stream"):
+        config_for("smoke", replay_stream=1)

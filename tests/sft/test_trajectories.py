@@ -244,3 +244,17 @@ def test_sft_batch_and_loss_match_a_manual_reference(world, tok):
         sft_batch(rows, tok, model.media_token_counts, max_len=8)
     with pytest.raises(ValueError, match="non-empty"):
         sft_batch([], tok, model.media_token_counts)
+
+
+def test_more_replay_rows_keep_the_twin_rows(world):
+    """``replay_rows`` draws more replay rows and leaves the twins as they were (a streamed replay trains the
+    same tool data); replay rows are marked, and a bad count is refused by name."""
+    fixed = build_sft_set(world, "zero_vision", 60, seed=2, replay_share=0.5)
+    more = build_sft_set(world, "zero_vision", 60, seed=2, replay_share=0.5, replay_rows=90)
+    assert len(fixed) == 60 and len(more) == 30 + 90
+    assert sum(bool(t.meta.get("replay")) for t in more) == 90
+    assert all((t.meta.get("source") == "replay") == bool(t.meta.get("replay")) for t in more)
+    twins = sorted(t.text() for t in fixed if not t.meta.get("replay"))
+    assert twins == sorted(t.text() for t in more if not t.meta.get("replay"))
+    with pytest.raises(ValueError, match="replay_rows"):
+        build_sft_set(world, "zero_vision", 60, seed=2, replay_rows=-1)

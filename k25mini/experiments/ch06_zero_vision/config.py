@@ -48,6 +48,11 @@ class SFTConfig:
     warmup: int = 20
     optimizer: str = "muonclip"
     replay_share: float = 0.6  # share of rows replaying chapter 05's text corpora (chosen on the dev split)
+    # False: the replay rows are a fixed part of the sft_rows set, repeated like the twins (steps * batch / sft_rows
+    # passes); True: a stream, every replay draw a fresh corpus row (each of steps * batch * replay_share rows
+    # once), as pre-training drew them; the twin rows are the same either way (True chosen on the dev split in
+    # session 19, docs/zero_vision_sft.md)
+    replay_stream: bool = True
     visual_share: float = 0.25
     visual_skills: tuple[str, ...] = ("count", "compare")
     # how text twins show (or not) the picture: a text description, nothing, or an empty media block (no pixels)
@@ -79,6 +84,8 @@ class SFTConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.eval_split not in ("eval", "dev"):
             raise ValueError(f"eval_split must be 'eval' or 'dev', got {self.eval_split!r}")
+        if not isinstance(self.replay_stream, bool):
+            raise ValueError(f"replay_stream must be a bool, got {self.replay_stream!r}")
         if not isinstance(self.system, str):
             raise ValueError(f"system must be a str (\"\" for none), got {self.system!r}")
         bad = [a for a in self.arms if a not in ARMS]

@@ -127,6 +127,23 @@ def _runs_root(cfg: SFTConfig, runs_dir: Path | None) -> Path:
 SFT_JOB = "k25mini.experiments.ch06_zero_vision.run:sft_job"
 
 
+def batch_order(rows: list, draws: int, seed: int, stream: bool = False) -> np.ndarray:
+    """Row indices for ``draws`` batch slots. Fixed set: a permutation of the slots over the set (every row
+    ``draws / len(rows)`` times). Stream: every replay row (``meta["replay"]``) once and the other rows cycled in
+    fresh permutations to fill the remaining slots, all shuffled together."""
+    rng = np.random.default_rng([seed, 61])
+    if not stream:
+        return rng.permutation(draws) % len(rows)
+    rep = np.array([k for k, t in enumerate(rows) if t.meta.get("replay")], dtype=np.int64)
+    twin = np.array([k for k, t in enumerate(rows) if not t.meta.get("replay")], dtype=np.int64)
+    n_twin = draws - len(rep)
+    if n_twin < 0 or (n_twin > 0 and not len(twin)):
+        raise ValueError(f"a stream of {len(rep)} replay rows and {len(twin)} other rows cannot fill {draws} slots")
+    cycles = -(-n_twin // len(twin)) if n_twin else 0
+    fill = np.concatenate([rng.permutation(twin) for _ in range(cycles)] or [np.zeros(0, np.int64)])[:n_twin]
+    return rng.permutation(np.concatenate([fill, rep]))
+
+
 def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progress: bool = False) -> JobParts:
     """The SFT stage as a job of the training entry point: the language model from ``base`` on ``arm``'s set
     (vision tower frozen); ``info["set"]`` summarises the set."""
@@ -135,14 +152,16 @@ def sft_job(cfg: dict[str, Any], arm: str, seed: int, base: str, out: str, progr
         raise ValueError(f"arm must be one of {TRAINED_ARMS}, got {arm!r}")
     world, tok = World(0, scale=c.scale), Tokenizer()
     set_arm, contexts = arm_set(c, arm)
+    draws = c.steps * c.batch
+    n_stream = int(round(draws * c.replay_share)) if c.replay_stream else None
     rows = build_sft_set(world, set_arm, c.sft_rows, seed, c.replay_share, c.visual_share, c.visual_skills, contexts,
-                         system=c.system)
+                         system=c.system, replay_rows=n_stream)
     torch.manual_seed(seed)
     model = new_model()
     load_weights(model, base)
     for p in model.vision_tower.parameters():
         p.requires_grad_(False)
-    order = np.random.default_rng([seed, 61]).permutation(c.steps * c.batch) % len(rows)
+    order = batch_order(rows, draws, seed, stream=c.replay_stream)
 
     def batch_at(i: int) -> dict[str, Any]:
         idx = order[i * c.batch : (i + 1) * c.batch]
