@@ -54,12 +54,21 @@ def main() -> None:
     ap.add_argument("--eval-world", type=int, default=7)
     ap.add_argument("--eval-tasks", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=None, help="context window in tokens (default: WrittenEnv's)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per step (default: WrittenEnv's)")
+    ap.add_argument("--min-rows", type=int, default=None, help="rows of the smallest wide task")
+    ap.add_argument("--max-rows", type=int, default=None, help="rows of the largest wide task")
     ap.add_argument("--out", required=True, help="folder for model.pt and probe.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = WrittenEnv()
+    sizes = {k: v for k, v in (("window", a.window), ("max_new_tokens", a.max_new_tokens), ("min_rows", a.min_rows),
+                                ("max_rows", a.max_rows)) if v is not None}
+    if "window" in sizes or "max_new_tokens" in sizes:  # positions: exactly what the window and one step need
+        base = WrittenEnv()
+        sizes["max_positions"] = sizes.get("window", base.window) + sizes.get("max_new_tokens", base.max_new_tokens)
+    env = WrittenEnv(**sizes)
     torch.manual_seed(a.seed)
     lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), max_position_embeddings=env.max_positions))
     if a.init:
