@@ -1,7 +1,7 @@
 """Chapter 06 design probes on the dev split (train-split items under the tag ``ch06-dev``; never held-out items).
 
     python tools/ch06_dev.py NAME [--arms no_sft zero_vision_blank] [--seeds 0 1 2] [--workers 2]
-                             [--set replay_stream=true] [--per-skill 20] [--text-items 256]
+                             [--set replay_stream=true] [--per-skill 20] [--text-items 256] [--threads 1]
 
 Each (arm, seed) trains from chapter 05's early seed-0 checkpoint (as the chapter does) in
 ``runs/zero_vision_dev/`` and writes ``results/zero_vision_sft/dev/NAME/<arm>[-s<seed>].json``; a table of
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from k25mini.experiments.ch06_zero_vision.config import ARMS, TEXT_SUITES, VISION_SKILLS, SFTConfig, config_for
-from k25mini.experiments.ch06_zero_vision.run import _job, base_checkpoint, run_arm
+from k25mini.experiments.ch06_zero_vision.run import _job, base_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--text-items", type=int, default=256)
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: as chapter 06's workers)")
     a = ap.parse_args()
     cfg = config_for("cpu", eval_split="dev", eval_per_skill=a.per_skill, text_eval_items=a.text_items,
                      arms=tuple(a.arms), seeds=tuple(a.seeds), **parse_set(a.set))
@@ -67,10 +68,10 @@ def main() -> int:
     jobs = [(arm, s) for arm in a.arms for s in (a.seeds if arm in ("zero_vision", "zero_vision_blank",
                                                                          "text_visual") else [None])]
     if a.workers == 1:
-        results = [run_arm(cfg, arm, s, runs, res_dir, a.force, base=base) for arm, s in jobs]
+        results = [_job(cfg, arm, s, runs, res_dir, a.force, a.threads, base) for arm, s in jobs]
     else:
         with ProcessPoolExecutor(max_workers=a.workers) as ex:
-            futs = [ex.submit(_job, cfg, arm, s, runs, res_dir, a.force, 1, base) for arm, s in jobs]
+            futs = [ex.submit(_job, cfg, arm, s, runs, res_dir, a.force, a.threads, base) for arm, s in jobs]
             results = [f.result() for f in futs]
     names = [k for k in (*VISION_SKILLS, *TEXT_SUITES) if k in results[0]["per"]]
     print(f"dev probe {a.name} (config {cfg.key()}; {a.per_skill} items per vision skill, "
