@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from k25mini.experiments.ch06_zero_vision.config import ARMS, TEXT_SUITES, VISION_SKILLS, SFTConfig, config_for
-from k25mini.experiments.ch06_zero_vision.run import _job, base_checkpoint
+from k25mini.experiments.ch06_zero_vision.run import _job, _jobs, base_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_set(pairs: list[str]) -> dict:
-    fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
     out = {}
     for p in pairs:
         k, sep, v = p.partition("=")
@@ -65,8 +65,7 @@ def main() -> int:
     res_dir = ROOT / "results" / "zero_vision_sft" / "dev" / a.name
     runs = ROOT / "runs" / "zero_vision_dev"
     base = base_checkpoint(cfg)
-    jobs = [(arm, s) for arm in a.arms for s in (a.seeds if arm in ("zero_vision", "zero_vision_blank",
-                                                                         "text_visual") else [None])]
+    jobs = _jobs(cfg)  # the chapter's own (arm, seed) list: trained arms per seed, (a)/(d) once
     if a.workers == 1:
         results = [_job(cfg, arm, s, runs, res_dir, a.force, a.threads, base) for arm, s in jobs]
     else:
