@@ -2,10 +2,10 @@
 drawn per example) before each copy example, so copies happen at the positions of the swarm's traces; then
 report exact copy accuracy behind 0 / 300 / 700 characters of filler (as tools/ch08_long_copy_check.py).
 
-    python tools/ch08_filler_copy_probe.py INIT_STATE_DICT OUT_STATE_DICT STEPS [ZERO_SHARE]
+    python tools/ch08_filler_copy_probe.py INIT_STATE_DICT OUT_STATE_DICT STEPS [ZERO_SHARE] [THREADS]
 
 ZERO_SHARE (default 0): the share of examples with no filler at all, so that copying at the start of a context
-is trained too (the first run, without it, lost copying there).
+is trained too (the first run, without it, lost copying there). THREADS (default 2): torch threads.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     zero_share = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     if not 0.0 <= zero_share <= 1.0:
         raise SystemExit(f"ZERO_SHARE must be in [0, 1], got {zero_share}")
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else 2)
     lm = K2ForCausalLM(replace(lm_config(64, 4), max_position_embeddings=1280))
     lm.load_state_dict(torch.load(init))
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-3, weight_decay=0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,17 @@ from k25mini.swarm.written import (
 )
 from k25mini.world import World
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ch08_long_copy_check import BOS, TOK, filler  # noqa: E402
+
+
+def filler_example(rng: random.Random, n: int) -> tuple[list[int], list[bool]]:
+    """A copy example behind ``n`` characters of filler entity pages (none when ``n`` is 0)."""
+    p, t, _ = copy_example(rng)
+    text = BOS + filler(rng, n) + TOK.decode(p)[len(BOS):] if n else TOK.decode(p)
+    ids = TOK.encode(text)
+    return ids + t, [False] * len(ids) + [True] * len(t)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -47,6 +59,9 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=700)
     ap.add_argument("--sft-lr", type=float, default=3e-3)
     ap.add_argument("--copy-mix", type=int, default=0, help="copy examples added to the SFT pool (keeps the skill)")
+    ap.add_argument("--copy-filler", type=int, default=0,
+                    help="copy-mix examples follow 0..N characters of filler pages (a third none), as in "
+                         "tools/ch08_filler_copy_probe.py; 0: no filler")
     ap.add_argument("--scratchpad", action="store_true", help="teacher notes what is left before each browse")
     ap.add_argument("--worlds", type=int, default=480, help="training worlds 100, 101, ...")
     ap.add_argument("--tasks-per-world", type=int, default=1)
@@ -92,6 +107,11 @@ def main() -> None:
             seqs += sft_sequences(eps, max_len=env.max_positions)
     rng = random.Random(a.seed + 1)
     for _ in range(a.copy_mix):
+        if a.copy_filler:
+            n = 0 if rng.random() < 1 / 3 else rng.randint(1, a.copy_filler)
+            ids, lab = filler_example(rng, n)
+            seqs.append((ids, lab))
+            continue
         p, t, _ = copy_example(rng)
         seqs.append((p + t, [False] * len(p) + [True] * len(t)))
     rec["sft_sequences"], rec["sft_tokens"] = len(seqs), sum(len(i) for i, _ in seqs)
