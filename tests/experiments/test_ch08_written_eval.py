@@ -97,3 +97,29 @@ def test_cli_dev_table(tmp_path, capsys):
     assert "single_unlimited vs swarm_w4" in text
     data = json.loads(out.read_text())
     assert data["worlds"] == [7] and [p["budget"] for p in data["curves"]["swarm_w4"]] == [4, None]
+
+
+def test_learned_curves_and_cli_model(tmp_path, capsys, sets):
+    """An untrained model swept like the scripted baselines: its errors are counted, nothing is dropped."""
+    import torch
+
+    from k25mini.model import K2ForCausalLM
+    from k25mini.swarm.train import lm_config
+    from k25mini.swarm.written import WrittenPolicy
+
+    env, task_sets = sets
+    small = WrittenEnv(window=200, max_new_tokens=24, max_positions=224, max_steps_main=3, max_steps_sub=2)
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(K2ForCausalLM(lm_config(16, 1)).state_dict(), path)
+    pol = WrittenPolicy(we.load_text_lm(str(path), 16, 1, small.max_positions), max_new_tokens=24)
+    one = [(task_sets[0][0], task_sets[0][1][:1])]
+    curves = we.learned_curves(one, small, pol, pol, budgets=(None,))
+    assert set(curves) == {"learned_single", "learned_swarm"}
+    for c in curves.values():
+        assert c[0]["episodes"] == 1 and c[0]["wide"]["item_f1"] == 0.0
+        assert sum(c[0]["errors"].values()) > 0  # a random model's calls are malformed, and counted
+    assert we.main(["--split", "dev", "--tasks", "1", "--widths", "2", "--budgets", "none", "--window", "200",
+                    "--max-new-tokens", "24", "--model", str(path), "--hidden", "16", "--layers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "learned_single vs learned_swarm" in out and "learned_swarm errors per budget" in out

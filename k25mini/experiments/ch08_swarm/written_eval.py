@@ -30,7 +30,7 @@ from k25mini.swarm.written import WrittenEnv, WrittenTeacher, run_written
 from k25mini.world import World
 
 __all__ = ["DEFAULT_BUDGETS", "UNLIMITED_WINDOW", "budget_sweep", "steps_at_f1", "matched_latency",
-           "scripted_curves", "world_tasks"]
+           "scripted_curves", "learned_curves", "load_text_lm", "world_tasks"]
 
 #: critical-steps budgets of a sweep (None: unbounded)
 DEFAULT_BUDGETS: tuple[int | None, ...] = (4, 6, 8, 10, 12, 16, 24, None)
@@ -144,6 +144,30 @@ def scripted_curves(task_sets: Sequence[tuple[World, Sequence[Any]]], env: Writt
     return out
 
 
+def learned_curves(task_sets: Sequence[tuple[World, Sequence[Any]]], env: WrittenEnv, main: Any, sub: Any,
+                   budgets: Sequence[int | None] = DEFAULT_BUDGETS) -> dict[str, list[dict[str, Any]]]:
+    """A learned policy's sweeps in both modes: ``learned_single`` (``main`` alone, browse and finish only) and
+    ``learned_swarm`` (``main`` as the orchestrator, ``sub`` as every subagent)."""
+    return {"learned_single": budget_sweep(task_sets, main, sub, env, swarm=False, budgets=budgets),
+            "learned_swarm": budget_sweep(task_sets, main, sub, env, swarm=True, budgets=budgets)}
+
+
+def load_text_lm(path: str, hidden: int, layers: int, max_positions: int):
+    """A text-only K2 state dict (e.g. ``model.pt`` of ``tools/ch08_written_probe.py``) as a greedy
+    :class:`~k25mini.swarm.written.WrittenPolicy` backbone (:class:`~k25mini.swarm.written.TextOnlyVLM`)."""
+    from dataclasses import replace
+
+    import torch
+
+    from k25mini.model import K2ForCausalLM
+    from k25mini.swarm.train import lm_config
+    from k25mini.swarm.written import TextOnlyVLM
+
+    lm = K2ForCausalLM(replace(lm_config(hidden, layers), max_position_embeddings=max_positions))
+    lm.load_state_dict(torch.load(path, map_location="cpu"))
+    return TextOnlyVLM(lm.eval())
+
+
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -171,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--entities", type=int, default=None, help="entities per world (default: WrittenEnv's)")
     ap.add_argument("--rows", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
     ap.add_argument("--widths", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--model", default=None, help="a text-only K2 state dict to sweep beside the scripted "
+                    "baselines (orchestrator, subagents and single agent; greedy)")
+    ap.add_argument("--hidden", type=int, default=64, help="--model's width")
+    ap.add_argument("--layers", type=int, default=4, help="--model's depth")
     ap.add_argument("--budgets", nargs="+", default=None, help="critical-steps budgets (ints; 'none': unbounded)")
     ap.add_argument("--json", default=None, help="write the curves and ratios to this file")
     a = ap.parse_args(argv)
@@ -191,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = DEFAULT_BUDGETS if a.budgets is None else tuple(
         None if b.lower() == "none" else int(b) for b in a.budgets)
     curves = scripted_curves(sets, env, a.widths, budgets)
+    if a.model:
+        from k25mini.swarm.written import WrittenPolicy
+
+        pol = WrittenPolicy(load_text_lm(a.model, a.hidden, a.layers, env.max_positions),
+                            max_new_tokens=env.max_new_tokens)
+        curves.update(learned_curves(sets, env, pol, pol, budgets))
     kinds = ["wide"] + (["deep"] if a.deep else [])
     print(f"scripted sweeps, split {a.split} ({len(sets)} worlds x {a.tasks} wide + {a.deep} deep tasks); "
           f"window {env.window}, rows {env.min_rows}-{env.max_rows}")
@@ -200,12 +234,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, c in curves.items():
             print(f"| {name} | " + " | ".join(f"{_fmt(p[kind]['item_f1'])} / {_fmt(p[kind]['critical_steps'], 1)}"
                                               for p in c) + " |")
+        for name in [n for n in curves if n.startswith("learned")]:
+            print(f"  {name} errors per budget: " + "; ".join(
+                f"{p['budget']}: {sum(p['errors'].values())}" for p in curves[name]))
         print(f"\n{kind}: latency at matched item-F1 (target: the single agent's best)")
-        for ref in ("single", "single_unlimited"):
-            for name in [n for n in curves if n.startswith("swarm")]:
-                m = matched_latency(curves[ref], curves[name], kind)
-                print(f"  {ref} vs {name}: target {_fmt(m['target_f1'])}, steps {_fmt(m['single_steps'], 1)} vs "
-                      f"{_fmt(m['swarm_steps'], 1)}, ratio {_fmt(m['ratio'])}")
+        pairs = [(ref, n) for ref in ("single", "single_unlimited") for n in curves if n.startswith("swarm")]
+        if "learned_swarm" in curves:
+            pairs += [("learned_single", "learned_swarm"), ("single", "learned_swarm"),
+                      ("single_unlimited", "learned_swarm")]
+        for ref, name in pairs:
+            m = matched_latency(curves[ref], curves[name], kind)
+            print(f"  {ref} vs {name}: target {_fmt(m['target_f1'])}, steps {_fmt(m['single_steps'], 1)} vs "
+                  f"{_fmt(m['swarm_steps'], 1)}, ratio {_fmt(m['ratio'])}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"env": asdict(env), "split": a.split, "worlds": [w.seed for w, _ in sets], "curves": curves},
