@@ -21,12 +21,16 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
+import torch
+
 from k25mini.experiments.ch08_swarm.learned_seeds import DEV_WORLD_SEEDS, EVAL_WORLD_SEEDS, TRAIN_WORLD_SEEDS
+from k25mini.model import K2ForCausalLM
 from k25mini.swarm import make_swarm_tasks, score_answer
-from k25mini.swarm.written import WrittenEnv, WrittenTeacher, run_written
+from k25mini.swarm.train import lm_config
+from k25mini.swarm.written import TextOnlyVLM, WrittenEnv, WrittenPolicy, WrittenTeacher, run_written
 from k25mini.world import World
 
 __all__ = ["DEFAULT_BUDGETS", "UNLIMITED_WINDOW", "budget_sweep", "steps_at_f1", "matched_latency",
@@ -152,17 +156,9 @@ def learned_curves(task_sets: Sequence[tuple[World, Sequence[Any]]], env: Writte
             "learned_swarm": budget_sweep(task_sets, main, sub, env, swarm=True, budgets=budgets)}
 
 
-def load_text_lm(path: str, hidden: int, layers: int, max_positions: int):
+def load_text_lm(path: str, hidden: int, layers: int, max_positions: int) -> TextOnlyVLM:
     """A text-only K2 state dict (e.g. ``model.pt`` of ``tools/ch08_written_probe.py``) as a greedy
     :class:`~k25mini.swarm.written.WrittenPolicy` backbone (:class:`~k25mini.swarm.written.TextOnlyVLM`)."""
-    from dataclasses import replace
-
-    import torch
-
-    from k25mini.model import K2ForCausalLM
-    from k25mini.swarm.train import lm_config
-    from k25mini.swarm.written import TextOnlyVLM
-
     lm = K2ForCausalLM(replace(lm_config(hidden, layers), max_position_embeddings=max_positions))
     lm.load_state_dict(torch.load(path, map_location="cpu"))
     return TextOnlyVLM(lm.eval())
@@ -220,8 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         None if b.lower() == "none" else int(b) for b in a.budgets)
     curves = scripted_curves(sets, env, a.widths, budgets)
     if a.model:
-        from k25mini.swarm.written import WrittenPolicy
-
         pol = WrittenPolicy(load_text_lm(a.model, a.hidden, a.layers, env.max_positions),
                             max_new_tokens=env.max_new_tokens)
         curves.update(learned_curves(sets, env, pol, pol, budgets))
