@@ -2,17 +2,18 @@
 preceded by filler entity pages (0 / 300 / 700 tokens), i.e. at the context lengths of the swarm's traces.
 Models are the probes' state dicts (64 wide, 4 layers), e.g. ``model.pt`` in a probe's ``--out`` folder.
 
-    python tools/ch08_long_copy_check.py /tmp/probe/p5/model.pt ...
+    python tools/ch08_long_copy_check.py /tmp/probe/p5/model.pt ... [--tokenizer bpe.json] [--fillers 0 300 700]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 from dataclasses import replace
 
 import torch
 
+from k25mini.data.bpe import BPETokenizer
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.model import K2ForCausalLM
 from k25mini.rl.rollout import sample
@@ -37,22 +38,38 @@ def filler(rng: random.Random, n_chars: int) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="state dicts (a probe's model.pt)")
+    ap.add_argument("--tokenizer", default=None, help="the probe's bpe.json (default: bytes)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--fillers", type=int, nargs="+", default=[0, 300, 700],
+                    help="filler lengths in tokens of the tokenizer (bytes: characters)")
+    ap.add_argument("--n", type=int, default=90)
+    a = ap.parse_args()
+    tok = BPETokenizer.load(a.tokenizer) if a.tokenizer else TOK
     torch.set_num_threads(2)
-    for path in sys.argv[1:]:
-        lm = K2ForCausalLM(replace(lm_config(64, 4), max_position_embeddings=1280))
-        lm.load_state_dict(torch.load(path))
+    for path in a.models:
+        state = torch.load(path, map_location="cpu")
+        vocab = state["model.embed_tokens.weight"].shape[0]
+        lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), vocab_size=vocab,
+                                   max_position_embeddings=max(a.fillers) + 400))
+        lm.load_state_dict(state)
         lm.eval()
-        for pad in (0, 300, 700):
+        for pad in a.fillers:
             rng = random.Random(5)
             pairs = []
-            for _ in range(90):
-                p, t, kind = copy_example(rng)
-                text = TOK.decode(p)
+            for _ in range(a.n):
+                p, t, kind = copy_example(rng, tok)
+                text = tok.decode(p)
                 if pad:
-                    text = BOS + filler(rng, pad) + text[len(BOS):]
-                pairs.append((TOK.encode(text), t, kind))
+                    fill = ""
+                    while len(tok.encode(fill)) < pad:
+                        fill += filler(rng, 40)
+                    text = BOS + fill + text[len(BOS):]
+                pairs.append((tok.encode(text), t, kind))
             got = sample(TextOnlyVLM(lm), [p for p, _, _ in pairs], max_new_tokens=90, temperature=0.0,
-                         stops=[TOK.im_end_id])
+                         stops=[tok.im_end_id])
             ok: dict[str, list[bool]] = {}
             for g, (_, t, kind) in zip(got, pairs):
                 ok.setdefault(kind, []).append(g[0].tokens == t)

@@ -35,6 +35,7 @@ from k25mini.swarm.written import (
     run_written,
     sft_sequences,
     sft_written,
+    train_trace_tokenizer,
 )
 from k25mini.world import World
 
@@ -42,12 +43,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ch08_long_copy_check import BOS, TOK, filler  # noqa: E402
 
 
-def filler_example(rng: random.Random, n: int) -> tuple[list[int], list[bool]]:
+def filler_example(rng: random.Random, n: int, tok=TOK) -> tuple[list[int], list[bool]]:
     """A copy example behind ``n`` characters of filler entity pages (none when ``n`` is 0)."""
-    p, t, _ = copy_example(rng)
-    text = BOS + filler(rng, n) + TOK.decode(p)[len(BOS):] if n else TOK.decode(p)
-    ids = TOK.encode(text)
+    p, t, _ = copy_example(rng, tok)
+    text = BOS + filler(rng, n) + tok.decode(p)[len(BOS):] if n else tok.decode(p)
+    ids = tok.encode(text)
     return ids + t, [False] * len(ids) + [True] * len(t)
+
+
+def teacher_episodes(env: WrittenEnv, a: argparse.Namespace, tok=None):
+    """The SFT worlds' teacher episodes, swarm and single, one list per (world, mode)."""
+    for ws in range(100, 100 + a.worlds):
+        w = World(seed=ws, n_entities=env.n_entities)
+        tasks = make_swarm_tasks(w, a.tasks_per_world, a.deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
+        teacher = WrittenTeacher(seed=ws, scratchpad=a.scratchpad, tokenizer=tok)
+        for swarm in (True, False):
+            yield run_written(w, tasks, teacher, teacher, env, swarm=swarm, tokenizer=tok)[0]
 
 
 def main() -> None:
@@ -73,46 +84,53 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per step (default: WrittenEnv's)")
     ap.add_argument("--min-rows", type=int, default=None, help="rows of the smallest wide task")
     ap.add_argument("--max-rows", type=int, default=None, help="rows of the largest wide task")
+    ap.add_argument("--entities", type=int, default=None, help="entities per world (default: WrittenEnv's)")
+    ap.add_argument("--bpe", type=int, default=0,
+                    help="train a BPE tokenizer of this vocabulary size on the SFT worlds' teacher traces (saved as "
+                         "bpe.json) and use it everywhere; windows then count BPE tokens; 0: bytes")
     ap.add_argument("--out", required=True, help="folder for model.pt and probe.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {k: v for k, v in (("window", a.window), ("max_new_tokens", a.max_new_tokens), ("min_rows", a.min_rows),
-                                ("max_rows", a.max_rows)) if v is not None}
+                                ("max_rows", a.max_rows), ("n_entities", a.entities)) if v is not None}
     if "window" in sizes or "max_new_tokens" in sizes:  # positions: exactly what the window and one step need
         base = WrittenEnv()
-        sizes["max_positions"] = sizes.get("window", base.window) + sizes.get("max_new_tokens", base.max_new_tokens)
+        sizes["max_positions"] = (sizes.get("window", base.window) + sizes.get("max_new_tokens", base.max_new_tokens)
+                                  + 2)
     env = WrittenEnv(**sizes)
+    tok = None
+    if a.bpe:
+        tok = train_trace_tokenizer(env, range(100, 100 + a.worlds), a.bpe, tasks_per_world=a.tasks_per_world,
+                                    deep_per_world=a.deep_per_world, scratchpad=a.scratchpad)
+        tok.save(out / "bpe.json")
+        print("bpe", len(tok.merges), "merges", flush=True)
     torch.manual_seed(a.seed)
-    lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), max_position_embeddings=env.max_positions))
+    lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), max_position_embeddings=env.max_positions,
+                               vocab_size=max(512, tok.vocab_size if tok else 0)))
     if a.init:
         lm.load_state_dict(torch.load(a.init))
     rec: dict = {"args": vars(a), "env": env.__dict__}
     t0 = time.time()
     if a.copy_steps:
-        losses = copy_warmup(lm, a.copy_steps, seed=a.seed,
+        losses = copy_warmup(lm, a.copy_steps, seed=a.seed, tokenizer=tok,
                              log=lambda s, v: print("copy", s, round(v, 4), flush=True) if s % 100 == 0 else None)
         rec["copy_loss_last"] = losses[-1]
-    rec["copy_accuracy"] = copy_accuracy(TextOnlyVLM(lm))
+    rec["copy_accuracy"] = copy_accuracy(TextOnlyVLM(lm), tokenizer=tok)
     rec["copy_s"] = round(time.time() - t0, 1)
     print("copy accuracy", rec["copy_accuracy"], flush=True)
     seqs = []
-    for ws in range(100, 100 + a.worlds):
-        w = World(seed=ws, n_entities=env.n_entities)
-        tasks = make_swarm_tasks(w, a.tasks_per_world, a.deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
-        teacher = WrittenTeacher(seed=ws, scratchpad=a.scratchpad)
-        for swarm in (True, False):
-            eps, _ = run_written(w, tasks, teacher, teacher, env, swarm=swarm)
-            seqs += sft_sequences(eps, max_len=env.max_positions)
+    for eps in teacher_episodes(env, a, tok):
+        seqs += sft_sequences(eps, max_len=env.max_positions)
     rng = random.Random(a.seed + 1)
     for _ in range(a.copy_mix):
         if a.copy_filler:
             n = 0 if rng.random() < 1 / 3 else rng.randint(1, a.copy_filler)
-            ids, lab = filler_example(rng, n)
+            ids, lab = filler_example(rng, n, tok or TOK)
             seqs.append((ids, lab))
             continue
-        p, t, _ = copy_example(rng)
+        p, t, _ = copy_example(rng, tok)
         seqs.append((p + t, [False] * len(p) + [True] * len(t)))
     rec["sft_sequences"], rec["sft_tokens"] = len(seqs), sum(len(i) for i, _ in seqs)
     t0 = time.time()
@@ -121,14 +139,14 @@ def main() -> None:
                              log=lambda s, v: print("sft", s, round(v, 4), flush=True) if s % 25 == 0 else None)
         rec["sft_loss_last50"] = sum(losses[-50:]) / len(losses[-50:])
     rec["sft_s"] = round(time.time() - t0, 1)
-    rec["copy_accuracy_after_sft"] = copy_accuracy(TextOnlyVLM(lm))
+    rec["copy_accuracy_after_sft"] = copy_accuracy(TextOnlyVLM(lm), tokenizer=tok)
     torch.save(lm.state_dict(), out / "model.pt")
     lm.eval()
     w = World(seed=a.eval_world, n_entities=env.n_entities)
     tasks = make_swarm_tasks(w, a.eval_tasks, 0, min_rows=env.min_rows, max_rows=env.max_rows)
     for swarm in (True, False):
-        pol = WrittenPolicy(TextOnlyVLM(lm), max_new_tokens=env.max_new_tokens)
-        eps, _ = run_written(w, tasks, pol, pol, env, swarm=swarm)
+        pol = WrittenPolicy(TextOnlyVLM(lm), max_new_tokens=env.max_new_tokens, tokenizer=tok)
+        eps, _ = run_written(w, tasks, pol, pol, env, swarm=swarm, tokenizer=tok)
         f1 = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, eps)]
         errs: dict[str, int] = {}
         for e in eps:

@@ -46,6 +46,7 @@ from k25mini.agents import (
 )
 from k25mini.agents.context import DROPPED_MARKER
 from k25mini.agents.toolcall import DEFAULT_FORMAT
+from k25mini.data.bpe import BPETokenizer
 from k25mini.data.tokenizer import Tokenizer
 from k25mini.optim import build_optimizer
 from k25mini.rl import PARLConfig, PARLReward, group_advantages
@@ -53,6 +54,7 @@ from k25mini.rl.rollout import sample
 from k25mini.rl.step import CompletionBatch, policy_update
 from k25mini.swarm.env import aggregate, episode_metrics
 from k25mini.swarm.policy import LMPolicy
+from k25mini.swarm.tasks import make_swarm_tasks
 from k25mini.train import Callback, TrainConfig, Trainer
 from k25mini.train.rng import capture_rng_state, restore_rng_state
 from k25mini.world import Web, World, parse_markdown_table, table_to_markdown
@@ -61,7 +63,7 @@ __all__ = [
     "MAIN_SWARM_PROMPT", "MAIN_SINGLE_PROMPT", "render_context", "prompt_ids", "call_text", "WrittenPolicy",
     "WrittenTeacher", "sft_sequences", "TextOnlyVLM", "CompactWeb", "ATTRS", "written_batches", "pad_written",
     "sft_written", "WrittenEnv", "run_written", "rl_batch", "WrittenRLConfig", "rl_written", "copy_example",
-    "copy_accuracy", "copy_warmup", "COPY_KINDS",
+    "copy_accuracy", "copy_warmup", "COPY_KINDS", "train_trace_tokenizer",
 ]
 
 _TOK = Tokenizer()
@@ -87,8 +89,24 @@ def render_context(messages: Sequence[Message]) -> str:
     return "".join(parts)
 
 
-def prompt_ids(view: AgentView) -> list[int]:
-    return _TOK.encode(render_context(view.messages))
+def prompt_ids(view: AgentView, tokenizer: Tokenizer | None = None) -> list[int]:
+    """The ids of :func:`render_context` (``tokenizer``: the byte tokenizer when None, or a
+    :class:`~k25mini.data.bpe.BPETokenizer`)."""
+    return (tokenizer or _TOK).encode(render_context(view.messages))
+
+
+def _check_tokenizer(tokenizer: Tokenizer | None, model: torch.nn.Module | None = None) -> Tokenizer:
+    """``tokenizer`` or the byte tokenizer; refuses a non-tokenizer and one whose ids a model's vocabulary
+    cannot hold (``model``: a :class:`TextOnlyVLM` or VLM)."""
+    tok = _TOK if tokenizer is None else tokenizer
+    if not isinstance(tok, Tokenizer):
+        raise ValueError(f"tokenizer must be a k25mini Tokenizer (or None for bytes), got {type(tokenizer).__name__}")
+    lm = getattr(model, "language_model", None)
+    vocab = getattr(getattr(lm, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and vocab < tok.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary holds {vocab}; give the "
+                         f"model vocab_size >= {tok.vocab_size}")
+    return tok
 
 
 def call_text(name: str, args: dict[str, Any]) -> str:
@@ -117,28 +135,31 @@ class WrittenPolicy(LMPolicy):
     ``act`` queues the agent's prompt; once every runnable agent is waiting, one batched :func:`sample` call
     answers them all (``temperature=0``: greedy), through :class:`~k25mini.swarm.policy.LMPolicy`'s queue. A
     prompt that leaves fewer than ``max_new_tokens`` positions raises ``ValueError`` in that agent only (the
-    runtime counts it as a policy error). Nothing is memoised."""
+    runtime counts it as a policy error). Nothing is memoised. ``tokenizer`` reads and writes the text (the byte
+    tokenizer when None); it must be the one the model was trained with."""
 
     def __init__(self, model: torch.nn.Module, *, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, idle_ticks: int = 8, batch_size: int = 64) -> None:
+                 seed: int = 0, idle_ticks: int = 8, batch_size: int = 64, tokenizer: Tokenizer | None = None
+                 ) -> None:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
         super().__init__(model, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                          idle_ticks=idle_ticks)
         self.batch_size = batch_size
+        self.tok = _check_tokenizer(tokenizer, model)
         self.max_pos = model.language_model.config.max_position_embeddings
         self.n_batches = 0
 
     def generate(self, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
         groups = sample(self.model, prompts, k=1, max_new_tokens=self.max_new_tokens,
-                        temperature=self.temperature, stops=[_TOK.im_end_id], generator=self.generator,
+                        temperature=self.temperature, stops=[self.tok.im_end_id], generator=self.generator,
                         batch_size=self.batch_size)
         self.n_generated += len(prompts)
         self.n_batches += 1
         return [(g[0].tokens, g[0].logprobs) for g in groups]
 
     async def act(self, view: AgentView) -> Action:
-        ids = prompt_ids(view)
+        ids = prompt_ids(view, self.tok)
         if len(ids) + self.max_new_tokens > self.max_pos:
             raise ValueError(f"context of {len(ids)} tokens leaves less than max_new_tokens={self.max_new_tokens} "
                              f"of {self.max_pos} positions")
@@ -148,8 +169,8 @@ class WrittenPolicy(LMPolicy):
             self._flushing = True
             asyncio.ensure_future(self._flush_when_idle())
         comp, logp = await fut
-        body = comp[:-1] if comp and comp[-1] == _TOK.im_end_id else comp
-        return Action(text=_TOK.decode(body), info={"prompt_ids": ids, "completion_ids": list(comp),
+        body = comp[:-1] if comp and comp[-1] == self.tok.im_end_id else comp
+        return Action(text=self.tok.decode(body), info={"prompt_ids": ids, "completion_ids": list(comp),
                                                     "logp": list(logp)})
 
 
@@ -271,13 +292,15 @@ class WrittenTeacher:
     finish with a table of the rows it read. ``scratchpad=True``: before each browse of a serial scan it writes
     a note of the items still to do (``todo: B, C``), so the next item is copied from its own last message.
     It only reads its context window: rows whose pages were dropped from the window are lost, as they would be
-    for a model. Deep questions: see :meth:`_deep`."""
+    for a model. Deep questions: see :meth:`_deep`. ``tokenizer`` gives the ids its traces are stored with (the
+    byte tokenizer when None)."""
 
     def __init__(self, widths: Sequence[int] = (0, 1, 2, 3, 4, 6, 8), seed: int = 0,
-                 scratchpad: bool = False) -> None:
+                 scratchpad: bool = False, tokenizer: Tokenizer | None = None) -> None:
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in widths):
             raise ValueError(f"widths must be a non-empty sequence of ints >= 0; got {widths!r}")
         self.widths, self.seed, self.scratchpad = tuple(widths), int(seed), bool(scratchpad)
+        self.tok = _check_tokenizer(tokenizer)
 
     def width_for(self, task: str) -> int:
         rng = random.Random(zlib.crc32(f"{self.seed}:{task}".encode()))
@@ -288,7 +311,8 @@ class WrittenTeacher:
             text = self._deep(view)
         else:
             text = self._sub(view) if view.role == "subagent" else self._main(view)
-        return Action(text=text, info={"prompt_ids": prompt_ids(view), "completion_ids": _TOK.encode(text + END)})
+        return Action(text=text, info={"prompt_ids": prompt_ids(view, self.tok),
+                                       "completion_ids": self.tok.encode(text + END)})
 
     def _scan(self, view: AgentView, names: list[str], s: _Seen) -> str | None:
         """The next browse of a serial scan over ``names``, or None when the scan is over. With the scratchpad
@@ -510,23 +534,32 @@ class WrittenEnv:
     budget: int | None = None
 
     def __post_init__(self) -> None:
-        if self.window + self.max_new_tokens > self.max_positions:
-            raise ValueError(f"window ({self.window}) + max_new_tokens ({self.max_new_tokens}) must fit "
-                             f"max_positions ({self.max_positions})")
+        if self.window + self.max_new_tokens + 2 > self.max_positions:
+            raise ValueError(f"window ({self.window}) + max_new_tokens ({self.max_new_tokens}) + 2 (<|bos|> and the "
+                             f"final <|im_assistant|>) must fit max_positions ({self.max_positions})")
         if not 1 <= self.min_rows <= self.max_rows:
             raise ValueError(f"need 1 <= min_rows <= max_rows; got {self.min_rows}, {self.max_rows}")
 
 
+#: tokens :func:`render_context` adds around each message (a role or tool-result marker and its end marker); the
+#: window counts them, so a context of ``window`` tokens renders to at most ``window + 2`` (``<|bos|>`` and the
+#: final ``<|im_assistant|>``)
+_FRAME = 2
+
+
 def run_written(world: World, tasks: Sequence[Any], main: Any, sub: Any, env: WrittenEnv, *, swarm: bool,
                 budget: int | None | str = "env", window: int | None = None,
-                prefix: str = "ep") -> tuple[list[Episode], CompactWeb]:
+                prefix: str = "ep", tokenizer: Tokenizer | None = None) -> tuple[list[Episode], CompactWeb]:
     """Run ``tasks`` concurrently (LM policies sample them in batches); returns the episodes and the web whose
-    ``calls`` log is what the environment executed."""
+    ``calls`` log is what the environment executed. The context window is counted in ``tokenizer``'s tokens
+    (the byte tokenizer when None), markers around each message included, so a prompt is at most ``window + 2``
+    tokens; policies should read with the same tokenizer."""
+    tok = _check_tokenizer(tokenizer)
     b = env.budget if budget == "env" else budget
     cfg = SwarmConfig(max_steps_main=env.max_steps_main, max_steps_sub=env.max_steps_sub, critical_steps_budget=b,
                       context_window=env.window if window is None else window,
                       max_observation=env.max_observation, main_tools=SWARM_TOOLS if swarm else SINGLE_AGENT_TOOLS,
-                      count=lambda s: len(_TOK.encode(s)))
+                      count=lambda s: len(tok.encode(s)) + _FRAME)
     web = CompactWeb(world)
     rt = SwarmRuntime(web, main, sub if swarm else None, cfg)
     system = MAIN_SWARM_PROMPT if swarm else MAIN_SINGLE_PROMPT
@@ -536,6 +569,25 @@ def run_written(world: World, tasks: Sequence[Any], main: Any, sub: Any, env: Wr
                                            for i, t in enumerate(tasks)]))
 
     return run_sync(_all()), web
+
+
+def train_trace_tokenizer(env: WrittenEnv, world_seeds: Sequence[int], vocab_size: int, *,
+                          tasks_per_world: int = 1, deep_per_world: int = 0, scratchpad: bool = False
+                          ) -> BPETokenizer:
+    """A BPE tokenizer learned from the teacher's traces (swarm and single, byte windows of ``env``'s size) on
+    ``world_seeds``, which should be training worlds only: the merges then hold the protocol's JSON pieces,
+    attribute words and name syllables, never anything of a development or evaluation world."""
+    if not world_seeds:
+        raise ValueError("world_seeds must not be empty")
+    texts: list[str] = []
+    for ws in world_seeds:
+        w = World(seed=int(ws), n_entities=env.n_entities)
+        tasks = make_swarm_tasks(w, tasks_per_world, deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
+        teacher = WrittenTeacher(seed=int(ws), scratchpad=scratchpad)
+        for swarm in (True, False):
+            eps, _ = run_written(w, tasks, teacher, teacher, env, swarm=swarm)
+            texts += [_TOK.decode(ids) for ids, _ in sft_sequences(eps)]
+    return BPETokenizer.train(texts, vocab_size)
 
 
 # ------------------------------------------------------------------------------------- PARL on written episodes
@@ -604,13 +656,14 @@ class WrittenRLConfig:
 
 
 def rl_written(lm: torch.nn.Module, task_sets: Sequence[tuple[World, Sequence[Any]]], subagent: Any,
-               env: WrittenEnv, cfg: WrittenRLConfig, *, seed: int = 0, log: Any = None) -> list[dict[str, float]]:
+               env: WrittenEnv, cfg: WrittenRLConfig, *, seed: int = 0, log: Any = None,
+               tokenizer: Tokenizer | None = None) -> list[dict[str, float]]:
     """PARL RL of ``lm`` as the orchestrator on written episodes: each iteration draws ``tasks_per_iter``
     (world, task) pairs, samples ``group_size`` episodes of each with the current model (π_old), runs
     ``subagent`` (a frozen policy) for every assignment, rewards each episode with PARL (item-F1 + annealed
     λ1·r_parallel + λ2·r_finish), takes group-mean advantages and applies the registry's K2.5 loss to the
     orchestrator's own tokens (``policy_update``: grad clip 1.0, the MoE bias hook). Returns one metrics dict
-    per iteration; errors of every kind are summed into ``errors``."""
+    per iteration; errors of every kind are summed into ``errors``. ``tokenizer``: the model's (byte when None)."""
     pairs = [(w, t) for w, ts in task_sets for t in ts]
     if not pairs:
         raise ValueError("task_sets hold no task")
@@ -622,11 +675,12 @@ def rl_written(lm: torch.nn.Module, task_sets: Sequence[tuple[World, Sequence[An
     for it in range(cfg.iterations):
         chosen = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.tasks_per_iter)]
         pol = WrittenPolicy(vlm, temperature=cfg.temperature, max_new_tokens=env.max_new_tokens,
-                            seed=seed * 100003 + it)
+                            seed=seed * 100003 + it, tokenizer=tokenizer)
         eps: list[Episode] = []
         mets: list[dict[str, float]] = []
         for g, (w, t) in enumerate(chosen):
-            got, _ = run_written(w, [t] * cfg.group_size, pol, subagent, env, swarm=True, prefix=f"it{it}g{g}")
+            got, _ = run_written(w, [t] * cfg.group_size, pol, subagent, env, swarm=True, prefix=f"it{it}g{g}",
+                                 tokenizer=tokenizer)
             eps += got
             mets += [episode_metrics(e, t) for e in got]
         rs, parts = [], []
@@ -663,7 +717,7 @@ def _fresh_name(rng: random.Random) -> str:
 COPY_KINDS = ("list", "next", "page_id")
 
 
-def copy_example(rng: random.Random) -> tuple[list[int], list[int], str]:
+def copy_example(rng: random.Random, tokenizer: Tokenizer | None = None) -> tuple[list[int], list[int], str]:
     """One synthetic (prompt, target) pair that can only be solved by copying from the context: a list of 3–12
     random names (never world entities), then one of: repeat the list; the name after a given one; the page id
     of the k-th name (lower-cased). Returns (prompt ids, target ids ending with ``<|im_end|>``, the kind).
@@ -686,27 +740,31 @@ def copy_example(rng: random.Random) -> tuple[list[int], list[int], str]:
         k = rng.randrange(n)
         prompt = f"{head}<|tool_result_begin|>{k}<|tool_result_end|><|im_assistant|>"
         target = json.dumps({"page_id": f"entity/{names[k].lower()}"}, separators=(",", ":"))
-    return _TOK.encode(prompt), _TOK.encode(target + END), COPY_KINDS[kind]
+    tok = tokenizer or _TOK
+    return tok.encode(prompt), tok.encode(target + END), COPY_KINDS[kind]
 
 
-def copy_accuracy(model: torch.nn.Module, n: int = 120, seed: int = 12345) -> dict[str, float]:
+def copy_accuracy(model: torch.nn.Module, n: int = 120, seed: int = 12345,
+                  tokenizer: Tokenizer | None = None) -> dict[str, float]:
     """Exact-match greedy accuracy on ``n`` fresh :func:`copy_example` pairs (its own seed), in all and per kind
     (``list``, ``next``, ``page_id``)."""
     rng = random.Random(seed)
-    pairs = [copy_example(rng) for _ in range(n)]
+    tok = _check_tokenizer(tokenizer, model)
+    pairs = [copy_example(rng, tok) for _ in range(n)]
     got = sample(model, [p for p, _, _ in pairs], max_new_tokens=max(len(t) for _, t, _ in pairs) + 4, temperature=0.0,
-                 stops=[_TOK.im_end_id])
+                 stops=[tok.im_end_id])
     ok = [float(g[0].tokens == t) for g, (_, t, _) in zip(got, pairs)]
     by = {k: [o for o, (_, _, kk) in zip(ok, pairs) if kk == k] for k in COPY_KINDS}
     return {"all": sum(ok) / len(ok), **{k: (sum(v) / len(v) if v else 0.0) for k, v in by.items()}}
 
 
 def copy_warmup(lm: torch.nn.Module, steps: int, *, batch_size: int = 48, lr: float = 3e-3, warmup: int = 30,
-                seed: int = 0, log: Any = None) -> list[float]:
+                seed: int = 0, log: Any = None, tokenizer: Tokenizer | None = None) -> list[float]:
     """Train ``lm`` on :func:`copy_example` batches (loss on targets only) with the shared ``Trainer`` (AdamW,
     warm-up then a constant rate). Returns the loss per step; global RNG states are left as they were."""
     rng = random.Random(seed)
-    batches = [[copy_example(rng) for _ in range(batch_size)] for _ in range(steps)]
+    tok = _check_tokenizer(tokenizer, TextOnlyVLM(lm))
+    batches = [[copy_example(rng, tok) for _ in range(batch_size)] for _ in range(steps)]
     seqs = [[(p + t, [False] * len(p) + [True] * len(t)) for p, t, _ in b] for b in batches]
     if steps == 0:
         return []

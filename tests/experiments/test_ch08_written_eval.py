@@ -61,7 +61,7 @@ def test_budget_sweep_of_the_scripted_teacher(sets):
 
 def test_scripted_curves_unlimited_single_is_never_worse(sets):
     env, task_sets = sets
-    small = WrittenEnv(window=400, max_new_tokens=128, max_positions=528)
+    small = WrittenEnv(window=400, max_new_tokens=128, max_positions=530)
     curves = we.scripted_curves(task_sets, small, widths=(2,), budgets=(None,))
     assert set(curves) == {"single", "single_unlimited", "swarm_w2"}
     assert curves["single_unlimited"][0]["wide"]["item_f1"] >= curves["single"][0]["wide"]["item_f1"]
@@ -108,7 +108,7 @@ def test_learned_curves_and_cli_model(tmp_path, capsys, sets):
     from k25mini.swarm.written import WrittenPolicy
 
     env, task_sets = sets
-    small = WrittenEnv(window=200, max_new_tokens=24, max_positions=224, max_steps_main=3, max_steps_sub=2)
+    small = WrittenEnv(window=200, max_new_tokens=24, max_positions=226, max_steps_main=3, max_steps_sub=2)
     torch.manual_seed(0)
     path = tmp_path / "m.pt"
     torch.save(K2ForCausalLM(lm_config(16, 1)).state_dict(), path)
@@ -118,7 +118,17 @@ def test_learned_curves_and_cli_model(tmp_path, capsys, sets):
     assert set(curves) == {"learned_single", "learned_swarm"}
     for c in curves.values():
         assert c[0]["episodes"] == 1 and c[0]["wide"]["item_f1"] == 0.0
-        assert sum(c[0]["errors"].values()) > 0  # a random model's calls are malformed, and counted
+        assert {"malformed_call", "raised"} <= set(c[0]["errors"])  # every kind is counted, zeros included
+
+    class Broken(WrittenPolicy):  # a model whose every step is a malformed call: each one is counted
+        def generate(self, prompts):
+            bad = self.tok.encode('<|tool_call_begin|>browse<|tool_call_argument_begin|>{"page<|tool_call_end|>')
+            return [(bad + [self.tok.im_end_id], [0.0] * (len(bad) + 1)) for _ in prompts]
+
+    broken = Broken(pol.model, max_new_tokens=24)
+    for swarm in (False, True):
+        pt = we.budget_sweep(one, broken, broken, small, swarm=swarm, budgets=(None,))[0]
+        assert pt["errors"]["malformed_call"] >= 1 and pt["wide"]["item_f1"] == 0.0
     assert we.main(["--split", "dev", "--tasks", "1", "--widths", "2", "--budgets", "none", "--window", "200",
                     "--max-new-tokens", "24", "--model", str(path), "--hidden", "16", "--layers", "1"]) == 0
     out = capsys.readouterr().out

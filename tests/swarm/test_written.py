@@ -4,6 +4,7 @@ the provenance check: every executed call comes from the policy's own sampled to
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import replace
 
 import pytest
@@ -20,10 +21,13 @@ from k25mini.swarm.written import (
     MAIN_SWARM_PROMPT,
     CompactWeb,
     TextOnlyVLM,
+    WrittenEnv,
     WrittenPolicy,
     WrittenTeacher,
     call_text,
+    copy_example,
     render_context,
+    run_written,
     sft_sequences,
 )
 from k25mini.world import World
@@ -396,3 +400,68 @@ def test_scratchpad_notes_what_is_left_and_keeps_scanning_past_drops(world):
         assert a.critical_steps < b.critical_steps
     f1 = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, noted)]
     assert max(f1) < 1.0  # the early pages are still lost from the window
+
+
+# ------------------------------------------------------------------------------------- a BPE tokenizer
+
+
+@pytest.fixture(scope="module")
+def bpe(world):
+    """A BPE tokenizer trained on teacher traces of other worlds than ``world``."""
+    from k25mini.data.bpe import BPETokenizer
+    texts = []
+    for ws in (101, 102):
+        w = World(seed=ws, n_entities=40)
+        t = WrittenTeacher(seed=ws)
+        for swarm in (True, False):
+            eps, _ = run_written(w, make_swarm_tasks(w, 2, 0, min_rows=4, max_rows=10), t, t, WrittenEnv(),
+                                 swarm=swarm)
+            texts += [TOK.decode(i) for i, _ in sft_sequences(eps)]
+    return BPETokenizer.train(texts, vocab_size=640)
+
+
+def test_bpe_traces_chain_and_windows_count_bpe_tokens(world, bpe):
+    tasks = make_swarm_tasks(world, 3, 0, min_rows=8, max_rows=10)
+    env = WrittenEnv()
+    t_byte, t_bpe = WrittenTeacher(widths=(0,), seed=1), WrittenTeacher(widths=(0,), seed=1, tokenizer=bpe)
+    eb, _ = run_written(world, tasks, t_byte, t_byte, env, swarm=False, window=400)
+    ep, _ = run_written(world, tasks, t_bpe, t_bpe, env, swarm=False, window=400, tokenizer=bpe)
+    # the same 400-token window holds more pages when tokens are BPE tokens: fewer rows are lost
+    f_byte = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, eb)]
+    f_bpe = [score_answer(t, e.answer)["item_f1"] for t, e in zip(tasks, ep)]
+    assert sum(f_bpe) > sum(f_byte)
+    # traces: ids are BPE ids, each step's prompt + completion is a prefix of its chain, and text round-trips
+    seqs = sft_sequences(ep)
+    assert any(i >= 275 for ids, _ in seqs for i in ids)
+    for e in ep:
+        for s in e.steps:
+            p, c = s.info["prompt_ids"], s.info["completion_ids"]
+            assert any(ids[: len(p) + len(c)] == p + c for ids, _ in seqs)
+            assert bpe.decode(c) == s.text + "<|im_end|>"
+            assert len(p) <= 400 + 2  # the window counts the markers around each message
+    for e in eb:
+        assert all(len(s.info["prompt_ids"]) <= 400 + 2 for s in e.steps)
+    n_bpe = sum(len(i) for i, _ in seqs)
+    n_byte = sum(len(TOK.encode(bpe.decode(i))) for i, _ in seqs)
+    assert n_bpe < 0.5 * n_byte
+
+
+def test_bpe_policy_reads_and_writes_its_tokenizer(world, bpe):
+    torch.manual_seed(0)
+    lm = K2ForCausalLM(replace(lm_config(32, 1), max_position_embeddings=1024, vocab_size=bpe.vocab_size))
+    pol = WrittenPolicy(TextOnlyVLM(lm), temperature=1.0, max_new_tokens=24, seed=0, tokenizer=bpe)
+    tasks = make_swarm_tasks(world, 2, 0, min_rows=4, max_rows=10)
+    eps, _ = run_written(world, tasks, pol, pol, WrittenEnv(), swarm=True, tokenizer=bpe)
+    steps = [s for e in eps for s in e.steps if "completion_ids" in s.info]
+    assert steps
+    for s in steps:
+        comp = s.info["completion_ids"]
+        body = comp[:-1] if comp and comp[-1] == bpe.im_end_id else comp
+        assert s.text == bpe.decode(body)
+        assert s.info["prompt_ids"][0] == bpe.bos_id
+    with pytest.raises(ValueError, match="model's vocabulary holds 512"):
+        WrittenPolicy(_random_vlm(), tokenizer=bpe)
+    with pytest.raises(ValueError, match="tokenizer must be a k25mini Tokenizer"):
+        WrittenPolicy(_random_vlm(), tokenizer="bytes")
+    p, t, _ = copy_example(random.Random(0), bpe)
+    assert bpe.decode(t).endswith("<|im_end|>") and max(p + t) < bpe.vocab_size

@@ -26,11 +26,20 @@ from typing import Any
 
 import torch
 
+from k25mini.data.bpe import BPETokenizer
+from k25mini.data.tokenizer import Tokenizer
 from k25mini.experiments.ch08_swarm.learned_seeds import DEV_WORLD_SEEDS, EVAL_WORLD_SEEDS, TRAIN_WORLD_SEEDS
 from k25mini.model import K2ForCausalLM
 from k25mini.swarm import make_swarm_tasks, score_answer
 from k25mini.swarm.train import lm_config
-from k25mini.swarm.written import TextOnlyVLM, WrittenEnv, WrittenPolicy, WrittenTeacher, run_written
+from k25mini.swarm.written import (
+    TextOnlyVLM,
+    WrittenEnv,
+    WrittenPolicy,
+    WrittenTeacher,
+    run_written,
+    train_trace_tokenizer,
+)
 from k25mini.world import World
 
 __all__ = ["DEFAULT_BUDGETS", "UNLIMITED_WINDOW", "budget_sweep", "steps_at_f1", "matched_latency",
@@ -64,11 +73,12 @@ def world_tasks(world_seeds: Sequence[int], env: WrittenEnv, n_wide: int, n_deep
 
 
 def budget_sweep(task_sets: Sequence[tuple[World, Sequence[Any]]], main: Any, sub: Any, env: WrittenEnv, *,
-                 swarm: bool, budgets: Sequence[int | None] = DEFAULT_BUDGETS, window: int | None = None
-                 ) -> list[dict[str, Any]]:
+                 swarm: bool, budgets: Sequence[int | None] = DEFAULT_BUDGETS, window: int | None = None,
+                 tokenizer: Tokenizer | None = None) -> list[dict[str, Any]]:
     """One point per budget: mean item-F1 and mean critical steps per task kind (``wide``, ``deep``; every
     task of every world counted once), the share of finished episodes, errors counted by kind, and per-world
-    means. ``window`` overrides the env's context window (the unlimited-context baseline)."""
+    means. ``window`` overrides the env's context window (the unlimited-context baseline); windows count
+    ``tokenizer``'s tokens (bytes when None)."""
     budgets = _check_budgets(budgets)
     if not task_sets:
         raise ValueError("task_sets must not be empty")
@@ -78,7 +88,7 @@ def budget_sweep(task_sets: Sequence[tuple[World, Sequence[Any]]], main: Any, su
         errors: dict[str, int] = {}
         for w, tasks in task_sets:
             eps, _ = run_written(w, tasks, main, sub, env, swarm=swarm, budget=b, window=window,
-                                 prefix=f"w{w.seed}-b{b}")
+                                 prefix=f"w{w.seed}-b{b}", tokenizer=tokenizer)
             for t, e in zip(tasks, eps):
                 rows.append((w.seed, t.kind, float(score_answer(t, e.answer)["item_f1"]), e.critical_steps,
                              bool(e.finished)))
@@ -133,34 +143,43 @@ def matched_latency(single: Sequence[dict[str, Any]], swarm: Sequence[dict[str, 
 
 def scripted_curves(task_sets: Sequence[tuple[World, Sequence[Any]]], env: WrittenEnv,
                     widths: Sequence[int] = (2, 4, 8), budgets: Sequence[int | None] = DEFAULT_BUDGETS,
-                    seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+                    seed: int = 0, tokenizer: Tokenizer | None = None) -> dict[str, list[dict[str, Any]]]:
     """The scripted baselines: ``single`` (serial, the env's window), ``single_unlimited`` (serial, a window no
-    task fills) and ``swarm_w<width>`` for each width (the teacher's fan-out fixed to it)."""
+    task fills) and ``swarm_w<width>`` for each width (the teacher's fan-out fixed to it). Windows count
+    ``tokenizer``'s tokens (bytes when None)."""
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths must be a non-empty sequence of ints >= 1, got {widths!r}")
-    serial = WrittenTeacher(widths=(0,), seed=seed)
-    out = {"single": budget_sweep(task_sets, serial, serial, env, swarm=False, budgets=budgets),
+    serial = WrittenTeacher(widths=(0,), seed=seed, tokenizer=tokenizer)
+    out = {"single": budget_sweep(task_sets, serial, serial, env, swarm=False, budgets=budgets, tokenizer=tokenizer),
            "single_unlimited": budget_sweep(task_sets, serial, serial, env, swarm=False, budgets=budgets,
-                                            window=UNLIMITED_WINDOW)}
+                                            window=UNLIMITED_WINDOW, tokenizer=tokenizer)}
     for w in widths:
-        t = WrittenTeacher(widths=(w,), seed=seed)
-        out[f"swarm_w{w}"] = budget_sweep(task_sets, t, t, env, swarm=True, budgets=budgets)
+        t = WrittenTeacher(widths=(w,), seed=seed, tokenizer=tokenizer)
+        out[f"swarm_w{w}"] = budget_sweep(task_sets, t, t, env, swarm=True, budgets=budgets, tokenizer=tokenizer)
     return out
 
 
 def learned_curves(task_sets: Sequence[tuple[World, Sequence[Any]]], env: WrittenEnv, main: Any, sub: Any,
-                   budgets: Sequence[int | None] = DEFAULT_BUDGETS) -> dict[str, list[dict[str, Any]]]:
+                   budgets: Sequence[int | None] = DEFAULT_BUDGETS, tokenizer: Tokenizer | None = None
+                   ) -> dict[str, list[dict[str, Any]]]:
     """A learned policy's sweeps in both modes: ``learned_single`` (``main`` alone, browse and finish only) and
     ``learned_swarm`` (``main`` as the orchestrator, ``sub`` as every subagent)."""
-    return {"learned_single": budget_sweep(task_sets, main, sub, env, swarm=False, budgets=budgets),
-            "learned_swarm": budget_sweep(task_sets, main, sub, env, swarm=True, budgets=budgets)}
+    kw = {"budgets": budgets, "tokenizer": tokenizer}
+    return {"learned_single": budget_sweep(task_sets, main, sub, env, swarm=False, **kw),
+            "learned_swarm": budget_sweep(task_sets, main, sub, env, swarm=True, **kw)}
 
 
 def load_text_lm(path: str, hidden: int, layers: int, max_positions: int) -> TextOnlyVLM:
     """A text-only K2 state dict (e.g. ``model.pt`` of ``tools/ch08_written_probe.py``) as a greedy
-    :class:`~k25mini.swarm.written.WrittenPolicy` backbone (:class:`~k25mini.swarm.written.TextOnlyVLM`)."""
-    lm = K2ForCausalLM(replace(lm_config(hidden, layers), max_position_embeddings=max_positions))
-    lm.load_state_dict(torch.load(path, map_location="cpu"))
+    :class:`~k25mini.swarm.written.WrittenPolicy` backbone (:class:`~k25mini.swarm.written.TextOnlyVLM`). The
+    vocabulary size is read off the state dict (512 for the byte tokenizer, more for a BPE one)."""
+    state = torch.load(path, map_location="cpu")
+    emb = state.get("model.embed_tokens.weight")
+    cfg = replace(lm_config(hidden, layers), max_position_embeddings=max_positions)
+    if emb is not None:
+        cfg = replace(cfg, vocab_size=int(emb.shape[0]))
+    lm = K2ForCausalLM(cfg)
+    lm.load_state_dict(state)
     return TextOnlyVLM(lm.eval())
 
 
@@ -195,6 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "baselines (orchestrator, subagents and single agent; greedy)")
     ap.add_argument("--hidden", type=int, default=64, help="--model's width")
     ap.add_argument("--layers", type=int, default=4, help="--model's depth")
+    ap.add_argument("--tokenizer", default=None, help="a BPE tokenizer file (BPETokenizer.save; a probe's bpe.json): "
+                    "windows count its tokens, and --model reads and writes with it (default: bytes)")
+    ap.add_argument("--bpe", type=int, default=0, metavar="VOCAB",
+                    help="train a BPE tokenizer of this vocabulary size on the teacher's traces of the first "
+                         "--bpe-worlds training worlds (byte windows of this run's sizes) and count windows in its "
+                         "tokens; --save-tokenizer keeps it")
+    ap.add_argument("--bpe-worlds", type=int, default=480)
+    ap.add_argument("--bpe-window", type=int, default=None,
+                    help="byte window of the traces --bpe learns from (default: --window)")
+    ap.add_argument("--save-tokenizer", default=None)
     ap.add_argument("--budgets", nargs="+", default=None, help="critical-steps budgets (ints; 'none': unbounded)")
     ap.add_argument("--json", default=None, help="write the curves and ratios to this file")
     a = ap.parse_args(argv)
@@ -209,19 +238,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = WrittenEnv()
         sizes["window"] = a.window if a.window is not None else base.window
         sizes["max_new_tokens"] = a.max_new_tokens if a.max_new_tokens is not None else base.max_new_tokens
-        sizes["max_positions"] = sizes["window"] + sizes["max_new_tokens"]
+        sizes["max_positions"] = sizes["window"] + sizes["max_new_tokens"] + 2  # <|bos|>, final <|im_assistant|>
     env = WrittenEnv(**sizes)
     sets = world_tasks(_worlds(a.split, a.n_worlds), env, a.tasks, a.deep)
     budgets = DEFAULT_BUDGETS if a.budgets is None else tuple(
         None if b.lower() == "none" else int(b) for b in a.budgets)
-    curves = scripted_curves(sets, env, a.widths, budgets)
+    if a.tokenizer and a.bpe:
+        ap.error("give --tokenizer or --bpe, not both")
+    tok = BPETokenizer.load(a.tokenizer) if a.tokenizer else None
+    if a.bpe:
+        byte_env = replace(env, window=a.bpe_window or env.window,
+                           max_positions=max(env.max_positions, (a.bpe_window or 0) + env.max_new_tokens + 2))
+        tok = train_trace_tokenizer(byte_env, TRAIN_WORLD_SEEDS[: a.bpe_worlds], a.bpe)
+        print(f"BPE: {len(tok.merges)} merges from {a.bpe_worlds} training worlds", flush=True)
+        if a.save_tokenizer:
+            tok.save(a.save_tokenizer)
+    curves = scripted_curves(sets, env, a.widths, budgets, tokenizer=tok)
     if a.model:
         pol = WrittenPolicy(load_text_lm(a.model, a.hidden, a.layers, env.max_positions),
-                            max_new_tokens=env.max_new_tokens)
-        curves.update(learned_curves(sets, env, pol, pol, budgets))
+                            max_new_tokens=env.max_new_tokens, tokenizer=tok)
+        curves.update(learned_curves(sets, env, pol, pol, budgets, tokenizer=tok))
     kinds = ["wide"] + (["deep"] if a.deep else [])
     print(f"scripted sweeps, split {a.split} ({len(sets)} worlds x {a.tasks} wide + {a.deep} deep tasks); "
-          f"window {env.window}, rows {env.min_rows}-{env.max_rows}")
+          f"window {env.window} {'BPE' if tok else 'byte'} tokens, rows {env.min_rows}-{env.max_rows}")
     for kind in kinds:
         print(f"\n{kind}: item-F1 / mean critical steps per budget")
         print("| policy | " + " | ".join(str(p["budget"]) for p in curves["single"]) + " |")
@@ -242,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{_fmt(m['swarm_steps'], 1)}, ratio {_fmt(m['ratio'])}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"env": asdict(env), "split": a.split, "worlds": [w.seed for w, _ in sets], "curves": curves},
+            json.dump({"env": asdict(env), "tokenizer": a.tokenizer, "split": a.split,
+                       "worlds": [w.seed for w, _ in sets], "curves": curves},
                       f, indent=1)
     return 0
 
