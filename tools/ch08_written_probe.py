@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from k25mini.data.bpe import BPETokenizer
 from k25mini.model import K2ForCausalLM
 from k25mini.swarm import make_swarm_tasks, score_answer
 from k25mini.swarm.train import lm_config
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--bpe", type=int, default=0,
                     help="train a BPE tokenizer of this vocabulary size on the SFT worlds' teacher traces (saved as "
                          "bpe.json) and use it everywhere; windows then count BPE tokens; 0: bytes")
+    ap.add_argument("--tokenizer", default=None,
+                    help="a BPE tokenizer file to use instead of training one (e.g. the bpe.json of the probe that "
+                         "--init continues: token ids must match the model's)")
     ap.add_argument("--out", required=True, help="folder for model.pt and probe.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -101,7 +105,10 @@ def main() -> None:
                                   + 2)
     env = WrittenEnv(**sizes)
     tok = None
-    if a.bpe:
+    if a.tokenizer:
+        tok = BPETokenizer.load(a.tokenizer)
+        tok.save(out / "bpe.json")
+    elif a.bpe:
         tok = train_trace_tokenizer(env, range(100, 100 + a.worlds), a.bpe, tasks_per_world=a.tasks_per_world,
                                     deep_per_world=a.deep_per_world, scratchpad=a.scratchpad)
         tok.save(out / "bpe.json")

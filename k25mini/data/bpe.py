@@ -136,11 +136,7 @@ class BPETokenizer(Tokenizer):
     def _encode_chunk(self, chunk: str) -> list[int]:
         got = self._cache.get(chunk)
         if got is None:
-            try:
-                w = list(chunk.encode("utf-8"))
-            except UnicodeEncodeError as e:
-                raise ValueError(f"text must be valid Unicode; it holds {e.object[e.start:e.end]!r}, which UTF-8 "
-                                 f"cannot encode") from None
+            w = list(chunk.encode("utf-8"))  # valid: encode() had the byte tokenizer check the text
             while len(w) > 1:  # apply the earliest-learned merge present, as training did
                 r, p = min((self._rank.get(p, 1 << 30), p) for p in zip(w, w[1:]))
                 if r == 1 << 30:
@@ -153,51 +149,44 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Specials become their ids; the text between them is chunked by ``pattern`` and each chunk merged."""
-        if not isinstance(text, str):
-            raise ValueError(f"text must be a str, got {type(text).__name__}")
-        ids: list[int] = [self.bos_id] if add_bos else []
-        for part in self._split.split(text):
-            if not part:
+        out: list[int] = []
+        run = bytearray()  # the bytes of one stretch of text between special tokens
+        for i in [*super().encode(text, add_bos, add_eos), -1]:  # the byte tokenizer checks the input
+            if 0 <= i < 256:
+                run.append(i)
                 continue
-            sid = self.special_tokens.get(part)
-            if sid is not None:
-                ids.append(sid)
-                continue
-            pos = 0
-            for m in self._chunk.finditer(part):
-                if m.start() > pos:  # text the pattern does not cover stays bytes (any pattern round-trips)
-                    ids.extend(self._encode_chunk(part[pos:m.start()]))
-                if m.end() > m.start():
-                    ids.extend(self._encode_chunk(m.group()))
-                pos = max(pos, m.end())
-            if pos < len(part):
-                ids.extend(self._encode_chunk(part[pos:]))
-        if add_eos:
-            ids.append(self.eos_id)
+            if run:
+                out.extend(self._encode_text(run.decode("utf-8")))
+                run.clear()
+            if i >= 0:
+                out.append(i)
+        return out
+
+    def _encode_text(self, part: str) -> list[int]:
+        ids: list[int] = []
+        pos = 0
+        for m in self._chunk.finditer(part):
+            if m.start() > pos:  # text the pattern does not cover stays bytes (any pattern round-trips)
+                ids.extend(self._encode_chunk(part[pos:m.start()]))
+            if m.end() > m.start():
+                ids.extend(self._encode_chunk(m.group()))
+            pos = max(pos, m.end())
+        if pos < len(part):
+            ids.extend(self._encode_chunk(part[pos:]))
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         """Inverse of :meth:`encode` (also for token sequences encode would not produce). Invalid UTF-8 becomes
         U+FFFD; ids past the merges but below ``vocab_size`` decode to nothing."""
-        out: list[str] = []
-        buf = bytearray()
+        flat: list[int] = []  # merges spelled out as their bytes; the byte tokenizer decodes the rest
         for i in ids:
             i = _as_id(i)
-            b = self._bytes.get(i)
-            if b is not None:
-                buf += b
-                continue
-            if buf:
-                out.append(buf.decode("utf-8", errors="replace"))
-                buf.clear()
-            if i in self.id_to_special:
-                if not skip_special:
-                    out.append(self.id_to_special[i])
-            elif not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids must lie in [0, {self.vocab_size}), got {i}")
-        if buf:
-            out.append(buf.decode("utf-8", errors="replace"))
-        return "".join(out)
+            b = self._bytes.get(i) if i >= FIRST_MERGE_ID else None
+            if b is None:
+                flat.append(i)
+            else:
+                flat.extend(b)
+        return super().decode(flat, skip_special)
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes id ``i`` stands for (``b''`` for special and unused ids)."""
