@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--eval-world", type=int, default=7)
     ap.add_argument("--eval-tasks", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (two probes side by side: 1 each)")
     ap.add_argument("--window", type=int, default=None, help="context window in tokens (default: WrittenEnv's)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per step (default: WrittenEnv's)")
     ap.add_argument("--min-rows", type=int, default=None, help="rows of the smallest wide task")
@@ -94,7 +95,7 @@ def main() -> None:
                          "--init continues: token ids must match the model's)")
     ap.add_argument("--out", required=True, help="folder for model.pt and probe.json")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {k: v for k, v in (("window", a.window), ("max_new_tokens", a.max_new_tokens), ("min_rows", a.min_rows),
