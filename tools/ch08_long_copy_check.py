@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import replace
 
 import torch
 
 from k25mini.data.bpe import BPETokenizer
 from k25mini.data.tokenizer import Tokenizer
-from k25mini.model import K2ForCausalLM
+from k25mini.experiments.ch08_swarm.written_eval import load_text_lm
 from k25mini.rl.rollout import sample
-from k25mini.swarm.train import lm_config
-from k25mini.swarm.written import TextOnlyVLM, copy_example
+from k25mini.swarm.written import copy_example
 
 TOK = Tokenizer()
 BOS = "<|bos|>"
@@ -50,12 +48,7 @@ def main() -> None:
     tok = BPETokenizer.load(a.tokenizer) if a.tokenizer else TOK
     torch.set_num_threads(2)
     for path in a.models:
-        state = torch.load(path, map_location="cpu")
-        vocab = state["model.embed_tokens.weight"].shape[0]
-        lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), vocab_size=vocab,
-                                   max_position_embeddings=max(a.fillers) + 400))
-        lm.load_state_dict(state)
-        lm.eval()
+        vlm = load_text_lm(path, a.hidden, a.layers, max(a.fillers) + 400)
         for pad in a.fillers:
             rng = random.Random(5)
             pairs = []
@@ -68,7 +61,7 @@ def main() -> None:
                         fill += filler(rng, 40)
                     text = BOS + fill + text[len(BOS):]
                 pairs.append((tok.encode(text), t, kind))
-            got = sample(TextOnlyVLM(lm), [p for p, _, _ in pairs], max_new_tokens=90, temperature=0.0,
+            got = sample(vlm, [p for p, _, _ in pairs], max_new_tokens=90, temperature=0.0,
                          stops=[tok.im_end_id])
             ok: dict[str, list[bool]] = {}
             for g, (_, t, kind) in zip(got, pairs):

@@ -11,21 +11,19 @@ means it does not copy names inside a trace.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from k25mini.data.bpe import BPETokenizer
 from k25mini.data.tokenizer import Tokenizer
-from k25mini.model import K2ForCausalLM
+from k25mini.experiments.ch08_swarm.written_eval import load_text_lm
 from k25mini.swarm import make_swarm_tasks
-from k25mini.swarm.train import lm_config
 from k25mini.swarm.written import WrittenEnv, WrittenTeacher, pad_written, run_written, sft_sequences
 from k25mini.world import World
 
 
-def accuracy(lm: K2ForCausalLM, tok: Tokenizer, env: WrittenEnv, seeds: range, scratchpad: bool
+def accuracy(lm: torch.nn.Module, tok: Tokenizer, env: WrittenEnv, seeds: range, scratchpad: bool
              ) -> tuple[float, float, int]:
     """(accuracy on own tokens, accuracy on name tokens, number of name tokens) over one wide task per world,
     swarm and single."""
@@ -67,12 +65,9 @@ def main() -> None:
     torch.set_num_threads(1)
     d = Path(a.probe)
     tok = BPETokenizer.load(d / "bpe.json") if (d / "bpe.json").exists() else Tokenizer()
-    state = torch.load(d / "model.pt", map_location="cpu")
     env = WrittenEnv(window=a.window, max_new_tokens=a.new, max_positions=a.window + a.new + 2)
-    lm = K2ForCausalLM(replace(lm_config(a.hidden, a.layers), vocab_size=state["model.embed_tokens.weight"].shape[0],
-                               max_position_embeddings=4 * (a.window + a.new)))  # chains outlast one window
-    lm.load_state_dict(state)
-    lm.eval()
+    lm = load_text_lm(str(d / "model.pt"), a.hidden, a.layers,
+                      4 * env.max_positions).language_model  # chains may outlast one window
     for name, seeds in (("training worlds", range(100, 100 + a.worlds)),
                         ("fresh worlds", range(3000, 3000 + a.worlds))):
         acc, name_acc, n = accuracy(lm, tok, env, seeds, a.scratchpad)

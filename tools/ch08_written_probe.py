@@ -29,13 +29,13 @@ from k25mini.swarm.written import (
     TextOnlyVLM,
     WrittenEnv,
     WrittenPolicy,
-    WrittenTeacher,
     copy_accuracy,
     copy_example,
     copy_warmup,
     run_written,
     sft_sequences,
     sft_written,
+    teacher_episodes,
     train_trace_tokenizer,
 )
 from k25mini.world import World
@@ -50,16 +50,6 @@ def filler_example(rng: random.Random, n: int, tok=TOK) -> tuple[list[int], list
     text = BOS + filler(rng, n) + tok.decode(p)[len(BOS):] if n else tok.decode(p)
     ids = tok.encode(text)
     return ids + t, [False] * len(ids) + [True] * len(t)
-
-
-def teacher_episodes(env: WrittenEnv, a: argparse.Namespace, tok=None):
-    """The SFT worlds' teacher episodes, swarm and single, one list per (world, mode)."""
-    for ws in range(100, 100 + a.worlds):
-        w = World(seed=ws, n_entities=env.n_entities)
-        tasks = make_swarm_tasks(w, a.tasks_per_world, a.deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
-        teacher = WrittenTeacher(seed=ws, scratchpad=a.scratchpad, tokenizer=tok)
-        for swarm in (True, False):
-            yield run_written(w, tasks, teacher, teacher, env, swarm=swarm, tokenizer=tok)[0]
 
 
 def main() -> None:
@@ -129,7 +119,8 @@ def main() -> None:
     rec["copy_s"] = round(time.time() - t0, 1)
     print("copy accuracy", rec["copy_accuracy"], flush=True)
     seqs = []
-    for eps in teacher_episodes(env, a, tok):
+    for eps in teacher_episodes(env, range(100, 100 + a.worlds), tasks_per_world=a.tasks_per_world,
+                                deep_per_world=a.deep_per_world, scratchpad=a.scratchpad, tokenizer=tok):
         seqs += sft_sequences(eps, max_len=env.max_positions)
     rng = random.Random(a.seed + 1)
     for _ in range(a.copy_mix):

@@ -131,7 +131,20 @@ class BPETokenizer(Tokenizer):
     def _chunks(self, text: str) -> Iterable[str]:
         for part in self._split.split(text):
             if part and part not in self.special_tokens:
-                yield from self._chunk.findall(part)
+                yield from self._pieces(part)
+
+    def _pieces(self, part: str) -> Iterable[str]:
+        """The chunks of text without special tokens; text the pattern does not cover is a chunk of its own, so
+        any pattern round-trips and training sees what encoding will."""
+        pos = 0
+        for m in self._chunk.finditer(part):
+            if m.start() > pos:
+                yield part[pos:m.start()]
+            if m.end() > m.start():
+                yield m.group()
+            pos = max(pos, m.end())
+        if pos < len(part):
+            yield part[pos:]
 
     def _encode_chunk(self, chunk: str) -> list[int]:
         got = self._cache.get(chunk)
@@ -163,17 +176,7 @@ class BPETokenizer(Tokenizer):
         return out
 
     def _encode_text(self, part: str) -> list[int]:
-        ids: list[int] = []
-        pos = 0
-        for m in self._chunk.finditer(part):
-            if m.start() > pos:  # text the pattern does not cover stays bytes (any pattern round-trips)
-                ids.extend(self._encode_chunk(part[pos:m.start()]))
-            if m.end() > m.start():
-                ids.extend(self._encode_chunk(m.group()))
-            pos = max(pos, m.end())
-        if pos < len(part):
-            ids.extend(self._encode_chunk(part[pos:]))
-        return ids
+        return [i for chunk in self._pieces(part) for i in self._encode_chunk(chunk)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         """Inverse of :meth:`encode` (also for token sequences encode would not produce). Invalid UTF-8 becomes

@@ -27,7 +27,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ __all__ = [
     "MAIN_SWARM_PROMPT", "MAIN_SINGLE_PROMPT", "render_context", "prompt_ids", "call_text", "WrittenPolicy",
     "WrittenTeacher", "sft_sequences", "TextOnlyVLM", "CompactWeb", "ATTRS", "written_batches", "pad_written",
     "sft_written", "WrittenEnv", "run_written", "rl_batch", "WrittenRLConfig", "rl_written", "copy_example",
-    "copy_accuracy", "copy_warmup", "COPY_KINDS", "train_trace_tokenizer",
+    "copy_accuracy", "copy_warmup", "COPY_KINDS", "teacher_episodes", "train_trace_tokenizer",
 ]
 
 _TOK = Tokenizer()
@@ -92,7 +92,7 @@ def render_context(messages: Sequence[Message]) -> str:
 def prompt_ids(view: AgentView, tokenizer: Tokenizer | None = None) -> list[int]:
     """The ids of :func:`render_context` (``tokenizer``: the byte tokenizer when None, or a
     :class:`~k25mini.data.bpe.BPETokenizer`)."""
-    return (tokenizer or _TOK).encode(render_context(view.messages))
+    return _check_tokenizer(tokenizer).encode(render_context(view.messages))
 
 
 def _check_tokenizer(tokenizer: Tokenizer | None, model: torch.nn.Module | None = None) -> Tokenizer:
@@ -571,22 +571,30 @@ def run_written(world: World, tasks: Sequence[Any], main: Any, sub: Any, env: Wr
     return run_sync(_all()), web
 
 
+def teacher_episodes(env: WrittenEnv, world_seeds: Sequence[int], *, tasks_per_world: int = 1,
+                     deep_per_world: int = 0, scratchpad: bool = False, tokenizer: Tokenizer | None = None
+                     ) -> Iterator[list[Episode]]:
+    """The teacher's episodes on each world of ``world_seeds`` (seeded by the world), in swarm mode and then as a
+    single agent: one list per (world, mode), ids in ``tokenizer``'s tokens (bytes when None)."""
+    if not world_seeds:
+        raise ValueError("world_seeds must not be empty")
+    for ws in world_seeds:
+        w = World(seed=int(ws), n_entities=env.n_entities)
+        tasks = make_swarm_tasks(w, tasks_per_world, deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
+        teacher = WrittenTeacher(seed=int(ws), scratchpad=scratchpad, tokenizer=tokenizer)
+        for swarm in (True, False):
+            yield run_written(w, tasks, teacher, teacher, env, swarm=swarm, tokenizer=tokenizer)[0]
+
+
 def train_trace_tokenizer(env: WrittenEnv, world_seeds: Sequence[int], vocab_size: int, *,
                           tasks_per_world: int = 1, deep_per_world: int = 0, scratchpad: bool = False
                           ) -> BPETokenizer:
     """A BPE tokenizer learned from the teacher's traces (swarm and single, byte windows of ``env``'s size) on
     ``world_seeds``, which should be training worlds only: the merges then hold the protocol's JSON pieces,
     attribute words and name syllables, never anything of a development or evaluation world."""
-    if not world_seeds:
-        raise ValueError("world_seeds must not be empty")
-    texts: list[str] = []
-    for ws in world_seeds:
-        w = World(seed=int(ws), n_entities=env.n_entities)
-        tasks = make_swarm_tasks(w, tasks_per_world, deep_per_world, min_rows=env.min_rows, max_rows=env.max_rows)
-        teacher = WrittenTeacher(seed=int(ws), scratchpad=scratchpad)
-        for swarm in (True, False):
-            eps, _ = run_written(w, tasks, teacher, teacher, env, swarm=swarm)
-            texts += [_TOK.decode(ids) for ids, _ in sft_sequences(eps)]
+    texts = [_TOK.decode(ids) for eps in teacher_episodes(env, world_seeds, tasks_per_world=tasks_per_world,
+                                                          deep_per_world=deep_per_world, scratchpad=scratchpad)
+             for ids, _ in sft_sequences(eps)]
     return BPETokenizer.train(texts, vocab_size)
 
 
@@ -740,7 +748,7 @@ def copy_example(rng: random.Random, tokenizer: Tokenizer | None = None) -> tupl
         k = rng.randrange(n)
         prompt = f"{head}<|tool_result_begin|>{k}<|tool_result_end|><|im_assistant|>"
         target = json.dumps({"page_id": f"entity/{names[k].lower()}"}, separators=(",", ":"))
-    tok = tokenizer or _TOK
+    tok = _check_tokenizer(tokenizer)
     return tok.encode(prompt), tok.encode(target + END), COPY_KINDS[kind]
 
 
