@@ -670,8 +670,10 @@ def rl_written(lm: torch.nn.Module, task_sets: Sequence[tuple[World, Sequence[An
     (world, task) pairs, samples ``group_size`` episodes of each with the current model (π_old), runs
     ``subagent`` (a frozen policy) for every assignment, rewards each episode with PARL (item-F1 + annealed
     λ1·r_parallel + λ2·r_finish), takes group-mean advantages and applies the registry's K2.5 loss to the
-    orchestrator's own tokens (``policy_update``: grad clip 1.0, the MoE bias hook). Returns one metrics dict
-    per iteration; errors of every kind are summed into ``errors``. ``tokenizer``: the model's (byte when None)."""
+    orchestrator's own tokens (``policy_update``: grad clip 1.0, the MoE bias hook). An iteration in which every
+    advantage is 0 (no group's rewards differ) takes no optimiser step (``updated`` 0 in its row). Returns one
+    metrics dict per iteration; errors of every kind are summed into ``errors``. ``tokenizer``: the model's (byte
+    when None)."""
     pairs = [(w, t) for w, ts in task_sets for t in ts]
     if not pairs:
         raise ValueError("task_sets hold no task")
@@ -697,15 +699,21 @@ def rl_written(lm: torch.nn.Module, task_sets: Sequence[tuple[World, Sequence[An
             rs.append(r)
             parts.append(p)
         rewards = torch.tensor(rs, dtype=torch.float32)
-        adv = group_advantages(rewards, cfg.group_size)
+        # a group whose rewards are all equal carries no signal: its advantages are exactly 0 (the float mean
+        # can leave ~1e-9), and with no such group at all there is no step (Adam would turn a gradient of
+        # rounding noise into a step of about lr on every weight)
+        spread = [max(rs[i:i + cfg.group_size]) > min(rs[i:i + cfg.group_size])
+                  for i in range(0, len(rs), cfg.group_size)]
+        adv = group_advantages(rewards, cfg.group_size) * torch.tensor(spread).repeat_interleave(cfg.group_size)
         batch = rl_batch(eps, adv.tolist())
+        signal = batch is not None and any(spread)
         stats = policy_update(lm, opt, batch, loss="kimi_k25", updates=cfg.updates_per_iter, grad_clip=1.0,
-                              alpha=cfg.alpha, beta=cfg.beta, tau=cfg.tau) if batch is not None else {}
+                              alpha=cfg.alpha, beta=cfg.beta, tau=cfg.tau) if signal else {}
         row = aggregate(mets)
         row.update(iteration=float(it), reward=float(rewards.mean()), lambda1=parts[0]["lambda1"],
                    lambda2=parts[0]["lambda2"], r_parallel=sum(p["r_parallel"] for p in parts) / len(parts),
                    r_finish=sum(p["r_finish"] for p in parts) / len(parts),
-                   masked_frac=float(stats.get("masked_frac", 0.0)))
+                   masked_frac=float(stats.get("masked_frac", 0.0)), updated=float(signal))
         history.append(row)
         if log is not None:
             log(row)

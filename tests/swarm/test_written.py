@@ -293,7 +293,8 @@ def test_rl_batch_equals_per_step_packing(world):
         rl_batch(eps, [0.0])
 
 
-def test_rl_written_runs_one_iteration_and_updates_only_the_orchestrator(world):
+def test_rl_written_runs_one_iteration_and_updates_only_the_orchestrator(world, monkeypatch):
+    import k25mini.swarm.written as written
     from k25mini.swarm.written import WrittenEnv, WrittenRLConfig, rl_written
 
     tasks = make_swarm_tasks(world, 2, 0, min_rows=4, max_rows=6)
@@ -303,10 +304,33 @@ def test_rl_written_runs_one_iteration_and_updates_only_the_orchestrator(world):
     before = {k: v.clone() for k, v in orch.state_dict().items()}
     env = WrittenEnv(window=600, max_new_tokens=24, max_positions=1024, max_steps_main=4, max_steps_sub=3)
     cfg = WrittenRLConfig(iterations=1, tasks_per_iter=1, group_size=2, lr=1e-2, updates_per_iter=1)
+    # random models earn equal rewards (no call parses): no signal, so no step at all
     hist = rl_written(orch, [(world, tasks)], WrittenPolicy(sub_vlm, max_new_tokens=24), env, cfg, seed=0)
-    assert len(hist) == 1 and {"item_f1", "reward", "errors", "lambda1", "r_parallel"} <= set(hist[0])
+    assert len(hist) == 1 and {"item_f1", "reward", "errors", "lambda1", "r_parallel", "updated"} <= set(hist[0])
+    assert hist[0]["updated"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in orch.state_dict().items())
+    # rewards that differ within the group (item-F1 faked per episode): the orchestrator, and only it, moves
+    calls = iter(range(1000))
+    real = written.episode_metrics
+
+    def varied(ep, task):
+        return {**real(ep, task), "item_f1": float(next(calls) % 2)}
+
+    monkeypatch.setattr(written, "episode_metrics", varied)
+    hist = rl_written(orch, [(world, tasks)], WrittenPolicy(sub_vlm, max_new_tokens=24), env, cfg, seed=0)
+    assert hist[0]["updated"] == 1.0 and hist[0]["item_f1"] == 0.5
     assert any(not torch.equal(before[k], v) for k, v in orch.state_dict().items())
     assert all(torch.equal(sub_before[k], v) for k, v in sub_vlm.state_dict().items())
+    # a group whose rewards are all equal gets advantages of exactly 0 beside a group that has a spread
+    f1s = iter([0.0, 1.0] * 3 + [0.3] * 6)  # float32 mean of six 0.3 is not 0.3: the raw advantage is ~3e-8
+    monkeypatch.setattr(written, "episode_metrics", lambda ep, task: {**real(ep, task), "item_f1": next(f1s)})
+    seen = []
+    real_batch = written.rl_batch
+    monkeypatch.setattr(written, "rl_batch", lambda eps, adv: seen.append(list(adv)) or real_batch(eps, adv))
+    two = WrittenRLConfig(iterations=1, tasks_per_iter=2, group_size=6, lr=1e-2, updates_per_iter=1)
+    hist = rl_written(orch, [(world, tasks)], WrittenPolicy(sub_vlm, max_new_tokens=24), env, two, seed=0)
+    assert hist[0]["updated"] == 1.0
+    assert seen[0][:6] == pytest.approx([-0.5, 0.5] * 3) and seen[0][6:] == [0.0] * 6
     with pytest.raises(ValueError, match="no task"):
         rl_written(orch, [], WrittenPolicy(sub_vlm), env, cfg)
 
