@@ -61,11 +61,17 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--worlds", type=int, default=8)
+    ap.add_argument("--rows", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="rows of the wide tasks (default: WrittenEnv's)")
+    ap.add_argument("--entities", type=int, default=None, help="entities per world (default: WrittenEnv's)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     d = Path(a.probe)
     tok = BPETokenizer.load(d / "bpe.json") if (d / "bpe.json").exists() else Tokenizer()
-    env = WrittenEnv(window=a.window, max_new_tokens=a.new, max_positions=a.window + a.new + 2)
+    sizes = {} if a.rows is None else {"min_rows": a.rows[0], "max_rows": a.rows[1]}
+    if a.entities is not None:
+        sizes["n_entities"] = a.entities
+    env = WrittenEnv(window=a.window, max_new_tokens=a.new, max_positions=a.window + a.new + 2, **sizes)
     lm = load_text_lm(str(d / "model.pt"), a.hidden, a.layers,
                       4 * env.max_positions).language_model  # chains may outlast one window
     for name, seeds in (("training worlds", range(100, 100 + a.worlds)),

@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--eval-tasks", type=int, default=8, help="wide tasks on the development world")
     ap.add_argument("--eval-budgets", nargs="+", default=["none"])
+    ap.add_argument("--no-parallel", action="store_true", help="ablation: drop r_parallel (λ1 = 0)")
+    ap.add_argument("--no-finish", action="store_true", help="ablation: drop r_finish (λ2 = 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -100,7 +102,8 @@ def main() -> None:
     rec["before_s"] = round(time.time() - t0, 1)
     save_rec()
     cfg = WrittenRLConfig(iterations=a.iterations, tasks_per_iter=a.tasks_per_iter, group_size=a.group_size,
-                          lr=a.lr, updates_per_iter=a.updates, temperature=a.temperature, parl=PARLConfig())
+                          lr=a.lr, updates_per_iter=a.updates, temperature=a.temperature,
+                          parl=PARLConfig(use_parallel=not a.no_parallel, use_finish=not a.no_finish))
     t_it = [time.time()]
 
     def log(row: dict) -> None:
