@@ -36,11 +36,14 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _score(lm, sets, env, tok, budgets) -> dict:
-    pol = WrittenPolicy(lm, max_new_tokens=env.max_new_tokens, tokenizer=tok)
+def _score(main_vlm, sub_vlm, sets, env, tok, budgets) -> dict:
+    """The swarm (``main_vlm`` orchestrating, ``sub_vlm`` as every subagent, as in training) and ``main_vlm`` alone
+    as the single agent, both greedy."""
+    main = WrittenPolicy(main_vlm, max_new_tokens=env.max_new_tokens, tokenizer=tok)
+    sub = WrittenPolicy(sub_vlm, max_new_tokens=env.max_new_tokens, tokenizer=tok)
     out = {}
     for swarm in (True, False):
-        curve = budget_sweep(sets, pol, pol, env, swarm=swarm, budgets=budgets, tokenizer=tok)
+        curve = budget_sweep(sets, main, sub, env, swarm=swarm, budgets=budgets, tokenizer=tok)
         out["swarm" if swarm else "single"] = curve
         for p in curve:
             print(f"  {'swarm ' if swarm else 'single'} budget {p['budget']}: item-F1 {p['wide']['item_f1']:.3f} "
@@ -73,6 +76,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--rescore", action="store_true",
+                    help="no RL: score --out's model.pt as the orchestrator with --init's model as the subagents "
+                         "and replace the 'after' scores of --out/rl.json (runs scored before this option existed "
+                         "used the RL'd model as subagents too; those scores are kept as 'after_rl_subagents')")
     a = ap.parse_args()
     if a.worlds < 1 or a.worlds > len(TRAIN_WORLD_SEEDS):
         sys.exit(f"--worlds must be in 1..{len(TRAIN_WORLD_SEEDS)}, got {a.worlds}")
@@ -85,7 +92,8 @@ def main() -> None:
                      budget=a.budget)
     vlm = load_text_lm(a.init, a.hidden, a.layers, env.max_positions)
     lm = vlm.language_model.train()
-    sub = WrittenPolicy(type(vlm)(frozen_copy(lm)), max_new_tokens=env.max_new_tokens, tokenizer=tok)
+    sub_vlm = type(vlm)(frozen_copy(lm))
+    sub = WrittenPolicy(sub_vlm, max_new_tokens=env.max_new_tokens, tokenizer=tok)
     budgets = [None if b == "none" else int(b) for b in a.eval_budgets]
     dev = world_tasks(list(DEV_WORLD_SEEDS), env, a.eval_tasks)
     rng = random.Random(a.seed)
@@ -96,9 +104,19 @@ def main() -> None:
     def save_rec() -> None:
         _atomic_write(out / "rl.json", lambda p: p.write_text(json.dumps(rec, indent=1)))
 
+    if a.rescore:
+        rec = json.loads((out / "rl.json").read_text())
+        if "after_rl_subagents" not in rec and "after" in rec and "after_sub" not in rec:
+            rec["after_rl_subagents"] = rec.pop("after")
+        rl_vlm = load_text_lm(str(out / "model.pt"), a.hidden, a.layers, env.max_positions)
+        print("after RL, frozen start-model subagents", flush=True)
+        rec["after"], rec["after_sub"] = _score(rl_vlm, sub_vlm, dev, env, tok, budgets), "frozen start model"
+        save_rec()
+        return
+
     print("before RL (development worlds", DEV_WORLD_SEEDS, ")", flush=True)
     t0 = time.time()
-    rec["before"] = _score(vlm, dev, env, tok, budgets)
+    rec["before"] = _score(vlm, sub_vlm, dev, env, tok, budgets)
     rec["before_s"] = round(time.time() - t0, 1)
     save_rec()
     cfg = WrittenRLConfig(iterations=a.iterations, tasks_per_iter=a.tasks_per_iter, group_size=a.group_size,
@@ -119,7 +137,7 @@ def main() -> None:
     _atomic_write(out / "model.pt", lambda p: torch.save(lm.state_dict(), p))
     print("after RL", flush=True)
     t0 = time.time()
-    rec["after"] = _score(vlm, dev, env, tok, budgets)
+    rec["after"], rec["after_sub"] = _score(vlm, sub_vlm, dev, env, tok, budgets), "frozen start model"
     rec["after_s"] = round(time.time() - t0, 1)
     save_rec()
 

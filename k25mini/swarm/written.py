@@ -700,7 +700,7 @@ def rl_written(lm: torch.nn.Module, task_sets: Sequence[tuple[World, Sequence[An
             parts.append(p)
         rewards = torch.tensor(rs, dtype=torch.float32)
         # a group whose rewards are all equal carries no signal: its advantages are exactly 0 (the float mean
-        # can leave ~1e-9), and with no such group at all there is no step (Adam would turn a gradient of
+        # can leave ~3e-8), and with no such group at all there is no step (Adam would turn a gradient of
         # rounding noise into a step of about lr on every weight)
         spread = [max(rs[i:i + cfg.group_size]) > min(rs[i:i + cfg.group_size])
                   for i in range(0, len(rs), cfg.group_size)]
